@@ -1,0 +1,1 @@
+"""The benchmark tool: command line, run configuration, runner, results store and report."""

@@ -1,0 +1,56 @@
+"""``python -m benchmark``: one sub-command per module in :mod:`benchmark.commands`.
+
+Each command module exposes ``add_parser(subparsers)``, which registers its parser and sets
+``func`` (args -> exit code). Expected failures raise :class:`UserError` (or a data error) and are
+printed as one line, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from rich.console import Console
+
+COMMANDS = ("data", "run", "sweep", "report", "bench")
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmark",
+        description="Few-shot cell segmentation benchmark of gradient-based meta-learners on LIVECell.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"benchmark.commands.{name}")
+        except ModuleNotFoundError as err:  # a command whose module is not written yet
+            if err.name != f"benchmark.commands.{name}":
+                raise
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tasks.errors import DataError  # imported late: the parser must build fast
+
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=True)
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, DataError, ValueError) as err:
+        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: finished results were kept")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
