@@ -1,0 +1,71 @@
+"""Command-line options shared by ``run``, ``sweep`` and ``bench``: one flag per configuration setting."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from pathlib import Path
+from typing import Any
+
+from benchmark.config import FIELDS, HELP, ConfigError, RunConfig, available_presets, resolve
+
+GRID = ("algo", "holdout", "k", "seed")  # what `sweep` varies; `run` takes them one at a time
+OPTIONAL_TEXT = ("crop", "data_root", "encoder_weights")  # accept 'none'
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), _parse_value(value.strip())
+
+
+def _field_type(name: str):
+    if name in OPTIONAL_TEXT:
+        return lambda text: text if name != "crop" or text == "none" else int(text)
+    default = FIELDS[name].default
+    return type(default) if isinstance(default, (int, float)) and not isinstance(default, bool) else str
+
+
+def add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """--preset, --config, one override flag per RunConfig field, and --opt for algorithm-specific settings."""
+    parser.add_argument("--preset", default="default", help=f"named configuration: {', '.join(available_presets())} (default: default)")
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE.toml",
+        help="a TOML file of settings, applied over the preset; [algorithms.NAME] tables hold one algorithm's own settings",
+    )
+    parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    group = parser.add_argument_group("settings (override the preset and --config)")
+    for name in FIELDS:
+        if name in skip or name in ("algo_options", "preset"):
+            continue
+        flag = "--" + name.replace("_", "-")
+        group.add_argument(flag, dest=name, type=_field_type(name), metavar=name.upper(), help=HELP[name])
+    if "algo_options" in skip:
+        return
+    group.add_argument(
+        "--opt", dest="algo_options", type=_option, action="append", metavar="KEY=VALUE",
+        help="an algorithm-specific hyper-parameter, e.g. --opt epsilon=0.5 for reptile (repeatable)",
+    )
+
+
+def check_algorithm(name: str) -> None:
+    import algorithms
+
+    if name not in algorithms.available():
+        raise ConfigError(f"unknown algorithm {name!r}; valid algorithms: {', '.join(algorithms.available())}")
+
+
+def config_from_args(args: argparse.Namespace, **grid: Any) -> RunConfig:
+    overrides = {name: getattr(args, name, None) for name in FIELDS if name not in ("preset",)}
+    overrides.update(grid)
+    config = resolve(args.preset, args.config, **overrides)
+    check_algorithm(config.algo)
+    return config

@@ -1,0 +1,54 @@
+"""Execute runs through the store: skip finished ones, resume interrupted ones, record failures.
+
+``execute(config, store)`` is what ``run`` calls directly and what ``sweep`` sends to each worker process.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.progress import Progress
+
+from benchmark.config import RunConfig
+from benchmark.runner import HELD_OUT, SEEN, RunFailed, RunResult, run
+from benchmark.stats import mean_ci
+from benchmark.store import Store
+from tasks.errors import DataError
+
+
+def headline(result: RunResult) -> dict[str, Any]:
+    """The numbers a person looks at first: held-out IoU after adaptation (95% CI), before it, on seen lines."""
+    episodes = result.episodes
+    final = episodes[episodes.step == episodes.step.max()]
+    held_out = mean_ci(final[final.role == HELD_OUT].iou)
+    step0 = episodes[(episodes.step == 0) & (episodes.role == HELD_OUT)].iou
+    seen = final[final.role == SEEN].iou
+    return {
+        "heldout_iou": held_out.mean,
+        "heldout_ci": [held_out.low, held_out.high],
+        "heldout_step0_iou": float(step0.mean()),
+        "seen_iou": float(seen.mean()) if len(seen) else None,
+        "episodes": int(final[final.role == HELD_OUT].episode.nunique()),
+    }
+
+
+def execute(config: RunConfig, store: Store, *, force: bool = False, progress: Progress | None = None) -> dict:
+    """Run ``config`` unless the store already holds it finished; return its summary (``skipped`` marks a hit)."""
+    if store.is_complete(config.run_id) and not force:
+        return {**store.summary(config.run_id), "skipped": True}
+    store.start(config)
+    resume = None if force else store.resume_point(config)
+    started = time.perf_counter()
+    try:
+        result = run(
+            config,
+            resume=resume,
+            on_checkpoint=lambda algo, state, log: store.checkpoint(config, algo, state, log),
+            progress=progress,
+        )
+    except (RunFailed, DataError) as err:
+        store.fail(config, str(err), time.perf_counter() - started)
+        raise
+    store.finish(result, headline(result))
+    return {**store.summary(config.run_id), "skipped": False, "resumed_from": resume[0].step if resume else 0}

@@ -1,0 +1,255 @@
+"""One run of the benchmark: meta-train on seven lines, evaluate on all eight.
+
+``run(config) -> RunResult`` is a pure function of the configuration (plus an optional meta-state to resume
+from): it reads data, computes, and returns records. It writes no files; the store does, through the
+``on_checkpoint`` callback and after the run. Any executor (in-process, process pool, a cluster) calls this.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.progress import Progress
+
+import algorithms
+from algorithms import Algorithm, MetaState, ModelConfig
+from algorithms.losses import iou
+from benchmark.config import RunConfig
+from tasks.batch import TaskBatch
+from tasks.catalogue import LINES, cell_line
+from tasks.episodes import sample_episode, stack_episodes
+from tasks.livecell import LiveCell, open_livecell
+
+HELD_OUT, SEEN = "held-out", "seen"
+EVAL_SPLIT = "test"
+TRAIN_SPLIT = "train"
+EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes use their own stream, shared by all algorithms
+
+
+class RunFailed(RuntimeError):
+    """The run could not finish (diverging loss, ...): one line for the user and the failed-run record."""
+
+
+@dataclass
+class RunResult:
+    config: RunConfig
+    observations: pd.DataFrame  # one row per line x episode x query image x adaptation step
+    manifests: list[dict]
+    examples: dict[str, np.ndarray]
+    algorithm: Algorithm
+    state: MetaState
+    train_log: list[dict] = field(default_factory=list)  # one {step, loss, passes} per meta-step
+    wall_s: float = 0.0
+    peak_mem_mb: float = 0.0
+
+    @property
+    def passes(self) -> int:
+        """Forward-backward passes spent in meta-training (the budget the baselines are matched on)."""
+        return sum(entry["passes"] for entry in self.train_log)
+
+    @property
+    def episodes(self) -> pd.DataFrame:
+        """The compact table: IoU averaged over each episode's query images."""
+        keys = [c for c in self.observations.columns if c not in ("query", "image_id", "iou")]
+        return self.observations.groupby(keys, sort=False, as_index=False)["iou"].mean()
+
+
+def device_of(config: RunConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise RunFailed(f"device {config.device!r} asked for, but no CUDA GPU is available here")
+    return torch.device(config.device)
+
+
+def build(config: RunConfig) -> Algorithm:
+    """The algorithm and model a configuration names."""
+    model = algorithms.build_model(
+        ModelConfig(
+            name=config.model,
+            depth=config.depth,
+            width=config.width,
+            norm=config.norm,
+            encoder_weights=config.encoder_weights,
+        )
+    )
+    return algorithms.create(
+        config.algo,
+        model,
+        loss=config.loss,
+        inner_steps=config.inner_steps,
+        inner_lr=config.inner_lr,
+        outer_optimizer=config.outer_optimizer,
+        outer_lr=config.outer_lr,
+        task_batching=config.task_batching,
+        **config.options,
+    )
+
+
+def training_lines(config: RunConfig) -> list[str]:
+    return [line.name for line in LINES if line.name != config.holdout]
+
+
+def check_feasible(config: RunConfig, data: LiveCell) -> None:
+    """Fail before any compute if the data cannot serve the episodes the configuration asks for."""
+    needs = [(config.holdout, EVAL_SPLIT, config.k + config.eval_queries)]
+    needs += [(line, TRAIN_SPLIT, config.k + config.query_size) for line in training_lines(config)]
+    if config.seen_episodes:
+        needs += [(line, EVAL_SPLIT, config.k + config.eval_queries) for line in training_lines(config)]
+    for line, split, wanted in needs:
+        have = len(data.images(cell_line(line), split))
+        if have < wanted:
+            raise RunFailed(
+                f"{line} has {have} {split} images in {data.root}, but k={config.k} support plus "
+                f"{wanted - config.k} query images need {wanted}"
+            )
+
+
+def meta_batch(config: RunConfig, data: LiveCell, step: int) -> TaskBatch:
+    """The tasks of meta-step ``step``: a function of (seed, step) alone, so a resumed run sees the same data."""
+    lines = training_lines(config)
+    episodes = []
+    for t in range(config.meta_batch):
+        index = step * config.meta_batch + t
+        line = lines[index % len(lines)]
+        episodes.append(
+            sample_episode(data, line, TRAIN_SPLIT, config.k, config.query_size, config.crop, config.seed, index)
+        )
+    return stack_episodes(episodes)
+
+
+def evaluation_plan(config: RunConfig) -> list[tuple[str, str, int]]:
+    """(line, role, episodes): the held-out line first, then every meta-training line's test split."""
+    plan = [(config.holdout, HELD_OUT, config.eval_episodes)]
+    if config.seen_episodes:
+        plan += [(line, SEEN, config.seen_episodes) for line in training_lines(config)]
+    return plan
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def move_state(state: MetaState, device: torch.device) -> MetaState:
+    """The meta-state on ``device`` (optimiser state included), e.g. a CPU checkpoint resumed on a GPU."""
+    def move(obj):
+        if isinstance(obj, torch.Tensor):
+            return obj.to(device)
+        if isinstance(obj, dict):
+            return {k: move(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [move(v) for v in obj]
+        return obj
+
+    return MetaState(move(state.params), move(state.extra), move(state.optimizer), state.step)
+
+
+def meta_train(config, data, algo, state, log, device, on_checkpoint, progress) -> MetaState:
+    """Meta-steps from ``state.step`` to ``config.meta_steps``, appending (step, loss, passes) to ``log``.
+
+    Stops with :class:`RunFailed` on a non-finite loss.
+    """
+    task = progress.add_task("meta-train", total=config.meta_steps, completed=state.step) if progress else None
+    while state.step < config.meta_steps:
+        batch = meta_batch(config, data, state.step).to(device)
+        try:
+            state, metrics = algo.meta_step(state, batch)
+        except FloatingPointError as err:
+            raise RunFailed(f"meta-training diverged: {err}") from None
+        if not math.isfinite(metrics["loss"]):
+            raise RunFailed(f"meta-training diverged: query loss {metrics['loss']} at meta-step {state.step}")
+        log.append({"step": state.step, "loss": float(metrics["loss"]), "passes": int(metrics["passes"])})
+        if on_checkpoint and (state.step % config.checkpoint_every == 0 or state.step == config.meta_steps):
+            on_checkpoint(algo, state, log)
+        if progress:
+            progress.update(task, advance=1, description=f"meta-train  loss {metrics['loss']:.3f}")
+    return state
+
+
+def evaluate(config, data, algo, state, device, progress) -> tuple[pd.DataFrame, list[dict], dict[str, np.ndarray]]:
+    """Adapt from k support images and record every query image's IoU at every step 0..n.
+
+    Episodes are adapted ``eval_batch`` at a time (vmap over episodes inside ``algo.adapt``).
+    """
+    plan = evaluation_plan(config)
+    task = progress.add_task("evaluate", total=sum(n for _, _, n in plan)) if progress else None
+    columns: dict[str, list] = {name: [] for name in ("line", "role", "episode", "query", "image_id", "step", "iou")}
+    manifests: list[dict] = []
+    examples: dict[str, np.ndarray] = {}
+    eval_seed = EVAL_SEED_OFFSET + config.seed
+    for line, role, count in plan:
+        for first in range(0, count, config.eval_batch):
+            indices = range(first, min(count, first + config.eval_batch))
+            episodes = [
+                sample_episode(data, line, EVAL_SPLIT, config.k, config.eval_queries, config.crop, eval_seed, i)
+                for i in indices
+            ]
+            manifests += [ep.manifest.to_dict() for ep in episodes]
+            batch = stack_episodes(episodes).to(device)
+            for step, params in algo.adapt(state, batch.support_x, batch.support_y):
+                with torch.no_grad():
+                    logits = algo.predict(params, batch.query_x)
+                scores = iou(logits.flatten(0, 1), batch.query_y.flatten(0, 1)).reshape(len(episodes), -1).cpu()
+                for e, episode in enumerate(episodes):
+                    ids = [image_id for image_id, _ in episode.manifest.query]
+                    for j, image_id in enumerate(ids):
+                        columns["line"].append(line)
+                        columns["role"].append(role)
+                        columns["episode"].append(indices[e])
+                        columns["query"].append(j)
+                        columns["image_id"].append(image_id)
+                        columns["step"].append(step)
+                        columns["iou"].append(float(scores[e, j]))
+                if role == HELD_OUT and first == 0 and step == config.inner_steps:
+                    examples = {
+                        "image": (batch.query_x[0, :, 0] * 255).round().to(torch.uint8).cpu().numpy(),
+                        "truth": batch.query_y[0, :, 0].bool().cpu().numpy(),
+                        "prediction": (logits[0, :, 0] > 0).cpu().numpy(),
+                    }
+            if progress:
+                progress.update(task, advance=len(episodes), description=f"evaluate {line}")
+    observations = pd.DataFrame(columns)
+    ident = {"run_id": config.run_id, "algo": config.algo, "holdout": config.holdout, "k": config.k, "seed": config.seed}
+    for position, (name, value) in enumerate(ident.items()):
+        observations.insert(position, name, value)
+    return observations, manifests, examples
+
+
+def run(
+    config: RunConfig,
+    *,
+    resume: tuple[MetaState, list[dict]] | None = None,
+    on_checkpoint: Callable[[Algorithm, MetaState, list[dict]], None] | None = None,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Meta-train (from a checkpointed state and its training log, if given), then evaluate on all eight lines."""
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    device = device_of(config)
+    data = open_livecell(config.data_root)
+    check_feasible(config, data)
+    algo = build(config)
+    state, log = resume if resume is not None else (algo.init_state(algo.model.init(config.seed)), [])
+    log = list(log)
+    state = meta_train(config, data, algo, move_state(state, device), log, device, on_checkpoint, progress)
+    observations, manifests, examples = evaluate(config, data, algo, state, device, progress)
+    return RunResult(
+        config=config,
+        observations=observations,
+        manifests=manifests,
+        examples=examples,
+        algorithm=algo,
+        state=state,
+        train_log=log,
+        wall_s=time.perf_counter() - started,
+        peak_mem_mb=peak_memory_mb(device),
+    )

@@ -1,0 +1,158 @@
+"""The results store: the only place that writes files, each one atomically.
+
+Layout of ``<results>/runs/<run-id>/``:
+
+- ``config.json``        the resolved configuration with provenance (package versions, git commit, device)
+- ``train_log.csv``      one row per meta-step: loss and forward-backward passes
+- ``episodes.csv.gz``    compact records, one row per line x episode x adaptation step (committed; report reads it)
+- ``observations.csv.gz`` one row per query image too (bulky; not committed)
+- ``manifests.json.gz``  the evaluation episodes (image ids and crop boxes) that reproduce every record
+- ``examples.npz``       images, truth and predictions of one held-out episode, for the report's example grid
+- ``checkpoint.pt``      the meta-state, saved periodically during meta-training (resume) and at the end
+- ``summary.json``       written last: its presence with status "completed" is what marks a run finished
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from algorithms import Algorithm, MetaState, load_checkpoint, save_checkpoint
+from benchmark.config import RunConfig
+from benchmark.runner import RunResult
+
+COMPLETED, FAILED = "completed", "failed"
+PACKAGES = ("torch", "segmentation-models-pytorch", "numpy", "scipy", "pandas", "pycocotools", "fewshot-cellseg")
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """Call ``write(tmp)`` then rename over ``path``: readers never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n"))
+
+
+def provenance(device: str) -> dict[str, Any]:
+    """What produced a run: package versions, the git commit, the machine and device."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        ).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        commit = None
+    return {
+        "packages": versions,
+        "git_commit": commit,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "device": device,
+    }
+
+
+class Store:
+    def __init__(self, root: Path | str = "results"):
+        self.root = Path(root)
+        self.runs = self.root / "runs"
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs / run_id
+
+    def summary(self, run_id: str) -> dict | None:
+        path = self.run_dir(run_id) / "summary.json"
+        try:
+            return json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def is_complete(self, run_id: str) -> bool:
+        summary = self.summary(run_id)
+        return bool(summary) and summary.get("status") == COMPLETED
+
+    def summaries(self) -> list[dict]:
+        found = (self.summary(path.name) for path in sorted(self.runs.glob("*/")))
+        return [s for s in found if s]
+
+    # during a run -------------------------------------------------------------------------------------
+    def start(self, config: RunConfig) -> Path:
+        """Make the run folder and record the configuration; drops a stale summary (a forced rerun)."""
+        folder = self.run_dir(config.run_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "summary.json").unlink(missing_ok=True)
+        write_json(folder / "config.json", {**config.to_dict(), "run_id": config.run_id, **provenance(config.device)})
+        return folder
+
+    def checkpoint(self, config: RunConfig, algorithm: Algorithm, state: MetaState, log: list[dict]) -> None:
+        folder = self.run_dir(config.run_id)
+        write_train_log(folder / "train_log.csv", log)
+        save_checkpoint(folder / "checkpoint.pt", algorithm, state)
+
+    def resume_point(self, config: RunConfig) -> tuple[MetaState, list[dict]] | None:
+        """The last checkpoint of an unfinished run, with its training log; None to start afresh."""
+        folder = self.run_dir(config.run_id)
+        if not (folder / "checkpoint.pt").is_file() or not (folder / "train_log.csv").is_file():
+            return None
+        _, state = load_checkpoint(folder / "checkpoint.pt")
+        log = pd.read_csv(folder / "train_log.csv").to_dict("records")
+        return state, [entry for entry in log if entry["step"] <= state.step]
+
+    # after a run --------------------------------------------------------------------------------------
+    def finish(self, result: RunResult, headline: dict[str, Any]) -> Path:
+        """Write every artefact of a finished run, the summary last."""
+        config = result.config
+        folder = self.run_dir(config.run_id)
+        self.checkpoint(config, result.algorithm, result.state, result.train_log)
+        atomic_write(folder / "observations.csv.gz", lambda tmp: result.observations.to_csv(tmp, index=False, compression="gzip"))
+        atomic_write(folder / "episodes.csv.gz", lambda tmp: result.episodes.to_csv(tmp, index=False, compression="gzip"))
+        atomic_write(folder / "manifests.json.gz", lambda tmp: tmp.write_bytes(gzip.compress(json.dumps(result.manifests).encode(), mtime=0)))
+        atomic_write(folder / "examples.npz", lambda tmp: _savez(tmp, result.examples))
+        write_json(
+            folder / "summary.json",
+            {
+                "run_id": config.run_id,
+                "status": COMPLETED,
+                "config": config.to_dict(),
+                "wall_s": round(result.wall_s, 2),
+                "peak_mem_mb": round(result.peak_mem_mb, 1),
+                "passes": result.passes,
+                "error": None,
+                **headline,
+            },
+        )
+        return folder
+
+    def fail(self, config: RunConfig, error: str, wall_s: float) -> None:
+        """Mark a run failed; everything it wrote before (checkpoints) stays."""
+        folder = self.run_dir(config.run_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(
+            folder / "summary.json",
+            {"run_id": config.run_id, "status": FAILED, "config": config.to_dict(), "wall_s": round(wall_s, 2), "error": error},
+        )
+
+
+def write_train_log(path: Path, log: list[dict]) -> None:
+    atomic_write(path, lambda tmp: pd.DataFrame(log, columns=["step", "loss", "passes"]).to_csv(tmp, index=False))
+
+
+def _savez(tmp: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(tmp, "wb") as fh:  # a file object keeps numpy from appending ".npz" to the temporary name
+        np.savez_compressed(fh, **arrays)
