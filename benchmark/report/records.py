@@ -1,0 +1,111 @@
+"""Read what the store wrote: the completed runs of a results folder and their per-episode records.
+
+Only runs whose ``summary.json`` says ``"completed"`` count; failed or unfinished runs are left out, so
+the report works on a partial sweep. A report pools runs of one setting only: runs from several
+presets, or two runs of the same (algorithm, held-out line, k, seed), are refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.catalogue import LINES
+from tasks.errors import DataError
+
+EPISODE_FILES = ("episodes.csv", "episodes.csv.gz")
+EPISODE_COLUMNS = ("run_id", "algo", "holdout", "k", "seed", "line", "role", "episode", "step", "iou")
+ROLES = ("held-out", "seen")
+BASELINE = "finetune"
+
+
+def is_results_folder(path: Path) -> bool:
+    return (Path(path) / "runs").is_dir()
+
+
+def completed_runs(results: Path) -> pd.DataFrame:
+    """One row per completed run: run_id, algo, holdout, k, seed, preset, folder."""
+    rows = []
+    for summary_path in sorted(Path(results, "runs").glob("*/summary.json")):
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DataError(f"{summary_path}: not valid JSON ({err})") from None
+        if summary.get("status") != "completed":
+            continue
+        config = summary.get("config") or {}
+        missing = [key for key in ("algo", "holdout", "k", "seed") if key not in config]
+        if missing:
+            raise DataError(f"{summary_path}: config lacks {', '.join(missing)}")
+        rows.append(
+            {
+                "run_id": summary.get("run_id", summary_path.parent.name),
+                "algo": config["algo"],
+                "holdout": config["holdout"],
+                "k": int(config["k"]),
+                "seed": int(config["seed"]),
+                "preset": config.get("preset"),
+                "folder": summary_path.parent,
+            }
+        )
+    runs = pd.DataFrame(rows, columns=["run_id", "algo", "holdout", "k", "seed", "preset", "folder"])
+    _check_one_setting(runs, results)
+    return runs
+
+
+def _check_one_setting(runs: pd.DataFrame, results: Path) -> None:
+    presets = sorted({str(p) for p in runs["preset"]})
+    if len(presets) > 1:
+        raise DataError(
+            f"{results}: completed runs from several presets ({', '.join(presets)}); "
+            "report one preset per results folder (run/sweep --out DIR)"
+        )
+    duplicated = runs[runs.duplicated(["algo", "holdout", "k", "seed"], keep=False)]
+    if len(duplicated):
+        first = duplicated.iloc[0]
+        ids = duplicated[(duplicated[["algo", "holdout", "k", "seed"]] == first[["algo", "holdout", "k", "seed"]]).all(axis=1)]
+        raise DataError(
+            f"{results}: {len(ids)} completed runs of {first.algo}, held-out {first.holdout}, k={first.k}, "
+            f"seed {first.seed} with different settings ({', '.join(ids.run_id)}); keep one per results folder"
+        )
+
+
+def _episode_file(folder: Path) -> Path:
+    for name in EPISODE_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise DataError(f"{folder}: completed run without {' or '.join(EPISODE_FILES)}")
+
+
+def load_episodes(runs: pd.DataFrame) -> pd.DataFrame:
+    """The tidy per-episode records of ``runs``, validated, with ``final`` marking each run's last step."""
+    frames = []
+    for run in runs.itertuples():
+        path = _episode_file(run.folder)
+        frame = pd.read_csv(path)
+        missing = [c for c in EPISODE_COLUMNS if c not in frame.columns]
+        if missing:
+            raise DataError(f"{path}: missing columns {', '.join(missing)}")
+        frames.append(_validated(frame[list(EPISODE_COLUMNS)], path))
+    if not frames:
+        return pd.DataFrame(columns=[*EPISODE_COLUMNS, "final"])
+    records = pd.concat(frames, ignore_index=True)
+    records["final"] = records["step"] == records.groupby("run_id")["step"].transform("max")
+    return records
+
+
+def _validated(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    names = {line.name for line in LINES}
+    for column in ("line", "holdout"):
+        unknown = sorted(set(frame[column].astype(str)) - names)
+        if unknown:
+            raise DataError(f"{path}: unknown cell line(s) {', '.join(unknown)} in column {column!r}")
+    bad_roles = sorted(set(frame["role"].astype(str)) - set(ROLES))
+    if bad_roles:
+        raise DataError(f"{path}: unknown role(s) {', '.join(bad_roles)}; expected {' or '.join(ROLES)}")
+    iou = pd.to_numeric(frame["iou"], errors="coerce")
+    if iou.isna().any() or not iou.between(0, 1).all():
+        raise DataError(f"{path}: iou must be numbers in [0, 1]")
+    return frame.astype({"k": int, "seed": int, "episode": int, "step": int, "iou": float})
