@@ -1,0 +1,35 @@
+"""Gradient-based meta-learners for few-shot segmentation, on a model written as pure functions.
+
+The interface (see :mod:`algorithms.base`), used by the runner::
+
+    model = build_model(ModelConfig(depth=3, width=16))
+    algo = create("maml", model, inner_steps=10, inner_lr=0.4)   # available() lists the names
+    state = algo.init_state(model.init(seed))                    # MetaState: params, extra, optimizer, step
+    state, metrics = algo.meta_step(state, task_batch)           # metrics: "loss", "passes", "images"
+    for step, params in algo.adapt(state, support_x, support_y): # E episodes at once, steps 0..n
+        logits = algo.predict(params, query_x)                   # [E, q, 1, H, W]
+    save_checkpoint(path, algo, state); algo, state = load_checkpoint(path)
+
+One file per algorithm, each readable top to bottom: ``maml`` (second order), ``fomaml``
+(first order), ``reptile``, ``finetune`` (the budget-matched transfer baseline).
+"""
+
+from algorithms.base import Algorithm, MetaState
+from algorithms.models import ModelConfig, build_model
+from algorithms.registry import available, create, register
+
+# Importing an algorithm's module registers it.
+from algorithms import finetune, fomaml, maml, reptile  # noqa: E402,F401  isort: skip
+from algorithms.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402  isort: skip
+
+__all__ = [
+    "Algorithm",
+    "MetaState",
+    "ModelConfig",
+    "available",
+    "build_model",
+    "create",
+    "load_checkpoint",
+    "register",
+    "save_checkpoint",
+]

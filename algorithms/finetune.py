@@ -1,0 +1,71 @@
+"""Fine-tune: the transfer-learning baseline.
+
+No meta-learning: ordinary minibatch training of the same model with the same loss on the pooled
+images of the training tasks, with the outer optimiser. At test time it adapts to a new task's
+support set with the same shared procedure as every meta-learner (``Algorithm.adapt``).
+
+Budget matching. Each meta-step trains on the images of one meta-batch (T tasks, support and query
+pooled: T * (k + q) images) with exactly the passes first-order MAML spends on that batch: n + 1
+forward-backward passes, the first n on minibatches of T * k images and the last on T * q (as
+first-order MAML's n inner passes over T support sets and one over T query sets), drawn in a random
+order that covers the pool before repeating. So under the same settings both see the same number of
+passes and images per meta-step (reported as ``passes`` and ``images``), and a run of S meta-steps
+gives the baseline the same training budget as first-order MAML.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import grad_and_value
+
+from algorithms.base import Algorithm, MetaState
+from algorithms.models import Model
+from algorithms.registry import register
+from tasks.batch import TaskBatch
+
+
+@register("finetune")
+class FineTune(Algorithm):
+    """Minibatch training on the pooled images. ``seed`` fixes the minibatch order (together with the
+    meta-step number, so a meta-step stays a function of state and batch). Other hyper-parameters:
+    those of :class:`algorithms.base.Algorithm` (``inner_steps`` sets the budget, as above; the
+    inner rate is used only at test time; ``task_batching`` has nothing to batch here)."""
+
+    def __init__(self, model: Model, seed: int = 0, **hparams):
+        super().__init__(model, **hparams)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"finetune: seed must be an integer, got {seed!r}")
+        self.seed = seed
+
+    def hparams(self) -> dict:
+        return super().hparams() | {"seed": self.seed}
+
+    def meta_step(self, state: MetaState, batch: TaskBatch) -> tuple[MetaState, dict[str, float]]:
+        # 1. Pool every image of the meta-batch.
+        images = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])  # [T * (k + q), 1, H, W]
+        masks = torch.cat([batch.support_y.flatten(0, 1), batch.query_y.flatten(0, 1)])
+
+        # 2. First-order MAML's pass schedule: n minibatches of T*k images, then one of T*q.
+        tasks, k, q = batch.tasks, batch.support_x.shape[1], batch.query_x.shape[1]
+        sizes = [tasks * k] * self.inner_steps + [tasks * q]
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + state.step)
+        rounds = -(-sum(sizes) // len(images))  # enough shuffled copies of the pool to draw from
+        order = torch.cat([torch.randperm(len(images), generator=generator) for _ in range(rounds)]).to(images.device)
+
+        # 3. Ordinary training: one optimiser step per minibatch.
+        optimizer, params, extra = self.open_optimizer(state)
+        losses, start = [], 0
+        for size in sizes:
+            pick = order[start : start + size]
+            start += size
+            weights = {name: leaf.detach() for name, leaf in params.items()}
+            grads, loss = grad_and_value(self.loss_on)(weights, images[pick], masks[pick])
+            losses.append(self.check_finite(loss, state))
+            for name, leaf in params.items():
+                leaf.grad = grads[name]
+            optimizer.step()
+        return self.close_optimizer(state, optimizer, params, extra), {
+            "loss": sum(losses) / len(losses),  # mean minibatch loss over this meta-step
+            "passes": len(sizes),
+            "images": sum(sizes),
+        }
