@@ -100,6 +100,17 @@ def init(config: ModelConfig, seed: int) -> Params:
     return params
 
 
+def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
+    """Pad H and W of ``x`` [..., H, W] up to a multiple by replicating edge pixels, split as evenly as
+    possible between the sides; also returns (top, left), where the original image starts."""
+    height, width = x.shape[-2:]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    top, left = pad_h // 2, pad_w // 2
+    if pad_h or pad_w:
+        x = F.pad(x, (left, pad_w - left, top, pad_h - top), mode="replicate")
+    return x, (top, left)
+
+
 def _normalize(params: Params, prefix: str, x: Tensor, norm: str) -> Tensor:
     if norm == "group":
         return F.group_norm(x, group_count(x.shape[1]), params[f"{prefix}.weight"], params[f"{prefix}.bias"])
@@ -121,11 +132,7 @@ def apply(config: ModelConfig, params: Params, x: Tensor) -> Tensor:
     if x.dim() != 4 or x.shape[1] != 1:
         raise ValueError(f"unet: expected images of shape [B, 1, H, W], got {list(x.shape)}")
     height, width = x.shape[-2:]
-    multiple = 2**depth
-    pad_h, pad_w = -height % multiple, -width % multiple
-    top, left = pad_h // 2, pad_w // 2
-    if pad_h or pad_w:
-        x = F.pad(x, (left, pad_w - left, top, pad_h - top), mode="replicate")
+    x, (top, left) = pad_to_multiple(x, 2**depth)
 
     skips = []
     for level in range(depth):
