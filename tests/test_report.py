@@ -1,0 +1,332 @@
+"""``report`` on fabricated results folders written in the store's exact schema."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmark.cli import main as cli_main
+from benchmark.report import build_report
+from benchmark.report.records import completed_runs, load_episodes
+from benchmark.report.summaries import cell_summary, paired_differences
+from benchmark.stats import flat_ci, holm, mean_ci, wilcoxon_p
+from tasks.catalogue import LINES
+from tasks.errors import DataError
+
+ALL_LINES = [line.name for line in LINES]
+GAIN = {"maml": 0.25, "fomaml": 0.2, "reptile": 0.15, "finetune": 0.05}
+FAST = 499  # bootstrap resamples in tests
+
+
+def write_results(
+    root: Path,
+    algos=("maml", "finetune"),
+    holdouts=("MCF7", "A172"),
+    ks=(1, 3),
+    seeds=(0,),
+    episodes: int = 12,
+    seen_episodes: int = 4,
+    steps: int = 3,
+    preset: str = "smoke",
+    status: str = "completed",
+    examples: bool = True,
+    compressed: bool = False,
+) -> Path:
+    """A results folder as the store writes it: runs/<id>/{summary.json, episodes.csv[.gz], examples.npz}.
+
+    IoU = 0.4 + line effect + seed effect + (algorithm gain x k/3) x step/steps + episode noise + a
+    little algorithm-specific noise; the episode noise is shared by all algorithms (identical episodes).
+    """
+    for algo in algos:
+        for holdout in holdouts:
+            for k in ks:
+                for seed in seeds:
+                    run_id = f"{algo}-{holdout}-k{k}-s{seed}"
+                    folder = root / "runs" / run_id
+                    folder.mkdir(parents=True)
+                    rows = []
+                    for li, line in enumerate(ALL_LINES):
+                        role = "held-out" if line == holdout else "seen"
+                        for episode in range(episodes if role == "held-out" else seen_episodes):
+                            noise = np.random.default_rng([li, k, seed, episode]).normal(0, 0.05)
+                            own = np.random.default_rng([li, k, seed, episode, len(algo)]).normal(0, 0.01)
+                            base = 0.4 + 0.02 * li + 0.03 * seed + noise + own
+                            for step in range(steps + 1):
+                                iou = np.clip(base + GAIN[algo] * k / 3 * step / steps, 0, 1)
+                                rows.append((run_id, algo, holdout, k, seed, line, role, episode, step, iou))
+                    frame = pd.DataFrame(
+                        rows, columns=["run_id", "algo", "holdout", "k", "seed", "line", "role", "episode", "step", "iou"]
+                    )
+                    frame.to_csv(folder / ("episodes.csv.gz" if compressed else "episodes.csv"), index=False)
+                    config = {"algo": algo, "holdout": holdout, "k": k, "seed": seed, "preset": preset, "inner_steps": steps}
+                    summary = {"run_id": run_id, "status": status, "config": config, "wall_s": 1.0,
+                               "peak_mem_mb": 100.0, "passes": 10, "error": None}
+                    (folder / "summary.json").write_text(json.dumps(summary))
+                    if examples:
+                        rng = np.random.default_rng([k, seed])
+                        truth = rng.random((2, 16, 16)) > 0.5
+                        np.savez(folder / "examples.npz", image=(rng.random((2, 16, 16)) * 255).astype(np.uint8),
+                                 truth=truth, prediction=truth ^ (rng.random((2, 16, 16)) > 0.8 - GAIN[algo]))
+    return root
+
+
+def episodes_of(root: Path) -> pd.DataFrame:
+    """Every fabricated record, read back independently of the report code."""
+    return pd.concat([pd.read_csv(p) for p in sorted(root.glob("runs/*/episodes.csv*"))], ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = write_results(tmp_path_factory.mktemp("results"))
+    out = root / "report"
+    written = build_report(root, out, n_resamples=FAST)
+    return root, out, written
+
+
+def test_every_table_and_plot_is_written(report):
+    root, out, written = report
+    names = {p.relative_to(out).as_posix() for p in written}
+    assert {
+        "report.md", "tables/leave_one_line_out.md", "tables/leave_one_line_out.csv", "tables/per_holdout.md",
+        "tables/per_holdout.csv", "tables/paired.md", "tables/paired.csv", "tables/published.md",
+        "tables/published.csv", "tables/adaptation_curves.csv", "plots/held_out_bars.png",
+        "plots/adaptation_curves.png", "plots/examples_A172_k1.png", "plots/examples_A172_k3.png",
+        "plots/examples_MCF7_k1.png", "plots/examples_MCF7_k3.png",
+    } == names
+    from PIL import Image
+
+    for png in out.glob("plots/*.png"):
+        with Image.open(png) as image:
+            assert min(image.size) > 200
+
+
+def test_report_md_links_resolve(report):
+    _, out, _ = report
+    text = (out / "report.md").read_text()
+    targets = re.findall(r"\]\(([^)]+)\)", text)
+    assert len(targets) >= 10
+    assert all((out / t).is_file() for t in targets), [t for t in targets if not (out / t).is_file()]
+
+
+def test_leave_one_line_out_cells_match_an_independent_computation(report):
+    root, out, _ = report
+    raw = episodes_of(root)
+    table = pd.read_csv(out / "tables" / "leave_one_line_out.csv")
+    assert len(table) == 2 * 2 * 2  # algorithms x held-out lines x k
+    for row in table.itertuples():
+        mine = raw[(raw.algo == row.algo) & (raw.k == row.k) & (raw.holdout == row.holdout) & (raw.line == row.holdout)]
+        final = mine[mine.step == mine.step.max()].iou.to_numpy()
+        ci = flat_ci(final, n_resamples=FAST)
+        assert (row.mean, row.low, row.high) == pytest.approx((ci.mean, ci.low, ci.high), abs=1e-6)
+        assert row.episodes == 12 and row.seeds == 1
+        assert row.step0 == pytest.approx(mine[mine.step == 0].iou.mean(), abs=1e-6)
+        assert row.low < row.mean < row.high
+    md = (out / "tables" / "leave_one_line_out.md").read_text()
+    maml_k3 = table[(table.algo == "maml") & (table.k == 3) & (table.holdout == "MCF7")].iloc[0]
+    assert f"{maml_k3['mean']:.3f} [{maml_k3.low:.3f}, {maml_k3.high:.3f}]" in md
+
+
+def test_lines_in_catalogue_order_and_missing_cells_are_dashes(report):
+    _, out, _ = report
+    md = (out / "tables" / "leave_one_line_out.md").read_text().splitlines()
+    assert md[0] == "| algorithm | k | " + " | ".join(ALL_LINES) + " | seeds | episodes |"
+    rows = [line.split(" | ") for line in md[2:6]]
+    assert [(r[0].strip("| "), r[1]) for r in rows] == [("maml", "1"), ("maml", "3"), ("finetune", "1"), ("finetune", "3")]
+    for r in rows:  # run: A172 (column 2) and MCF7 (column 6); the rest not run
+        cells = dict(zip(ALL_LINES, r[2:10]))
+        assert cells["A172"] != "—" and cells["MCF7"] != "—"
+        assert all(cells[line] == "—" for line in ALL_LINES if line not in ("A172", "MCF7"))
+
+
+def test_per_holdout_table_marks_the_held_out_line_and_covers_all_eight(report):
+    root, out, _ = report
+    md = (out / "tables" / "per_holdout.md").read_text()
+    assert "### A172 held out" in md and "### MCF7 held out" in md and "### BV-2 held out" not in md
+    assert "**MCF7** (held out)" in md and "**A172** (held out)" in md
+    table = pd.read_csv(out / "tables" / "per_holdout.csv")
+    assert len(table) == 2 * 2 * 2 * 8
+    assert set(table[table.line == table.holdout].role) == {"held-out"}
+    assert set(table[table.line != table.holdout].role) == {"seen"}
+    seen = table[(table.role == "seen")]
+    assert set(seen.episodes) == {4}
+
+
+def test_paired_comparisons_match_manual_pairing(report):
+    root, out, _ = report
+    raw = episodes_of(root)
+    final = raw[(raw.step == raw.step.max()) & (raw.role == "held-out")]
+    keys = ["holdout", "k", "seed", "line", "episode"]
+    merged = final[final.algo == "maml"].merge(final[final.algo == "finetune"], on=keys, suffixes=("", "_ft"))
+    table = pd.read_csv(out / "tables" / "paired.csv")
+    assert set(table.algo) == {"maml"} and len(table) == 4
+    for k in (1, 3):
+        mine = table[table.k == k].set_index("line")
+        expected_p = []
+        for line in mine.index:
+            diff = (merged.iou - merged.iou_ft)[(merged.k == k) & (merged.line == line)].to_numpy()
+            assert mine.loc[line, "pairs"] == len(diff) == 12
+            assert mine.loc[line, "mean"] == pytest.approx(diff.mean(), abs=1e-6)
+            assert mine.loc[line, "p"] == pytest.approx(wilcoxon_p(diff), rel=1e-5)
+            expected_p.append(wilcoxon_p(diff))
+        assert mine["p_holm"].to_numpy() == pytest.approx(holm(expected_p), rel=1e-5)
+        assert (mine["mean"] > 0).all()  # maml gains more per step than fine-tuning by construction
+    md = (out / "tables" / "paired.md").read_text()
+    assert "minus finetune" in md and "Holm p" in md
+
+
+def test_published_numbers_are_beside_ours_and_marked(report):
+    _, out, _ = report
+    md = (out / "tables" / "published.md").read_text()
+    for value in ("0.526", "0.881", "0.421", "0.696"):
+        assert value in md
+    assert "real LIVECell" in md
+    index = (out / "report.md").read_text()
+    assert "a different setting" in index and md in index
+    table = pd.read_csv(out / "tables" / "published.csv")
+    assert table["mean"].notna().all()  # MCF7 was held out for both maml and finetune, k = 1 and 3
+
+
+def test_published_row_missing_when_mcf7_not_run(tmp_path):
+    root = write_results(tmp_path, algos=("maml",), holdouts=("A172",), ks=(3,), examples=False)
+    build_report(root, root, n_resamples=FAST)
+    rows = (root / "tables" / "published.md").read_text().splitlines()[2:]
+    assert all(row.endswith("| — |") for row in rows)
+    assert "No paired comparisons" in (root / "tables" / "paired.md").read_text()
+    assert "No run in this folder kept example predictions" in (root / "report.md").read_text()
+    assert not list(root.glob("plots/examples_*.png"))
+
+
+def test_several_seeds_use_the_hierarchical_interval(tmp_path):
+    root = write_results(tmp_path, algos=("reptile", "finetune"), holdouts=("BV-2",), ks=(1,), seeds=(0, 1, 2))
+    build_report(root, root / "out", n_resamples=FAST)
+    raw = episodes_of(root)
+    row = pd.read_csv(root / "out" / "tables" / "leave_one_line_out.csv").query("algo == 'reptile'").iloc[0]
+    final = raw[(raw.algo == "reptile") & (raw.line == "BV-2") & (raw.step == raw.step.max())]
+    ci = mean_ci(final.iou.to_numpy(), final.seed.to_numpy(), n_resamples=FAST)
+    assert (row["mean"], row.low, row.high) == pytest.approx((ci.mean, ci.low, ci.high), abs=1e-6)
+    assert row.seeds == 3 and row.episodes == 36
+    assert row.high - row.low > flat_ci(final.iou, n_resamples=FAST).high - flat_ci(final.iou, n_resamples=FAST).low
+    paired = pd.read_csv(root / "out" / "tables" / "paired.csv")
+    assert paired.loc[0, "pairs"] == 36 and paired.loc[0, "seeds"] == 3
+
+
+def test_partial_sweep_failed_and_unfinished_runs_are_left_out(tmp_path):
+    root = write_results(tmp_path, algos=("maml",), holdouts=("MCF7",), ks=(1,))
+    write_results(tmp_path, algos=("reptile",), holdouts=("MCF7",), ks=(1,), status="failed")
+    unfinished = tmp_path / "runs" / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "episodes.csv").write_text("garbage")
+    runs = completed_runs(root)
+    assert list(runs.algo) == ["maml"]
+    assert set(load_episodes(runs).algo) == {"maml"}
+
+
+def test_only_the_final_step_is_the_headline(tmp_path):
+    root = write_results(tmp_path, algos=("maml",), holdouts=("MCF7",), ks=(3,), steps=5)
+    records = load_episodes(completed_runs(root))
+    cells = cell_summary(records, n_resamples=FAST)
+    held = cells[cells.line == "MCF7"].iloc[0]
+    raw = episodes_of(root)
+    assert held["mean"] == pytest.approx(raw[(raw.line == "MCF7") & (raw.step == 5)].iou.mean())
+    assert held["step0"] == pytest.approx(raw[(raw.line == "MCF7") & (raw.step == 0)].iou.mean())
+
+
+def test_unmatched_episodes_are_not_paired(tmp_path):
+    root = write_results(tmp_path, algos=("maml", "finetune"), holdouts=("MCF7",), ks=(1,), examples=False)
+    path = root / "runs" / "finetune-MCF7-k1-s0" / "episodes.csv"
+    frame = pd.read_csv(path)
+    frame[~((frame.line == "MCF7") & (frame.episode >= 10))].to_csv(path, index=False)
+    table = paired_differences(load_episodes(completed_runs(root)), n_resamples=FAST)
+    assert table.loc[0, "pairs"] == 10
+
+
+def test_gzipped_records_and_reproducible_output(tmp_path):
+    root = write_results(tmp_path, algos=("maml", "finetune"), holdouts=("SkBr3",), ks=(1,), compressed=True, examples=False)
+    build_report(root, tmp_path / "a", n_resamples=FAST)
+    build_report(root, tmp_path / "b", n_resamples=FAST)
+    for name in ("leave_one_line_out.csv", "paired.csv", "adaptation_curves.csv", "per_holdout.csv"):
+        assert (tmp_path / "a" / "tables" / name).read_text() == (tmp_path / "b" / "tables" / name).read_text()
+
+
+def test_stale_example_plots_are_removed(tmp_path):
+    root = write_results(tmp_path, algos=("maml",), holdouts=("MCF7",), ks=(1,))
+    (root / "plots").mkdir()
+    (root / "plots" / "examples_A172_k3.png").write_bytes(b"old")
+    build_report(root, root, n_resamples=FAST)
+    assert sorted(p.name for p in root.glob("plots/examples_*.png")) == ["examples_MCF7_k1.png"]
+
+
+def _error_line(capsys, argv) -> str:
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_cli_report_end_to_end(tmp_path, capsys):
+    root = write_results(tmp_path / "results", algos=("fomaml", "finetune"), holdouts=("Huh7",), ks=(1,))
+    assert cli_main(["report", "--results", str(root)]) == 0
+    assert (root / "report.md").is_file() and (root / "plots" / "held_out_bars.png").is_file()
+    assert cli_main(["report", "--results", str(root), "--out", str(tmp_path / "elsewhere")]) == 0
+    assert (tmp_path / "elsewhere" / "tables" / "paired.md").is_file()
+    assert "report.md" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_folder_that_is_not_a_results_folder(tmp_path, capsys):
+    assert "not a results folder" in _error_line(capsys, ["report", "--results", str(tmp_path / "nowhere")])
+    (tmp_path / "runs").mkdir()
+    assert "no completed runs" in _error_line(capsys, ["report", "--results", str(tmp_path)])
+
+
+def test_mixed_presets_and_duplicate_runs_are_refused(tmp_path, capsys):
+    write_results(tmp_path / "a", algos=("maml",), holdouts=("MCF7",), ks=(1,), preset="default")
+    write_results(tmp_path / "a", algos=("finetune",), holdouts=("MCF7",), ks=(1,), preset="smoke")
+    assert "several presets (default, smoke)" in _error_line(capsys, ["report", "--results", str(tmp_path / "a")])
+    root = write_results(tmp_path / "b", algos=("maml",), holdouts=("MCF7",), ks=(1,))
+    twin = root / "runs" / "twin"
+    twin.mkdir()
+    for name in ("summary.json", "episodes.csv"):
+        (twin / name).write_bytes((root / "runs" / "maml-MCF7-k1-s0" / name).read_bytes())
+    with pytest.raises(DataError, match="2 completed runs of maml, held-out MCF7, k=1, seed 0"):
+        completed_runs(root)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda f: f.drop(columns=["iou"]), "missing columns iou"),
+        (lambda f: f.assign(line=f.line.replace("MCF7", "HeLa")), "unknown cell line"),
+        (lambda f: f.assign(role="train"), "unknown role"),
+        (lambda f: f.assign(iou=f.iou * 3), r"iou must be numbers in \[0, 1\]"),
+    ],
+)
+def test_malformed_records_name_the_file(tmp_path, damage, message):
+    root = write_results(tmp_path, algos=("maml",), holdouts=("MCF7",), ks=(1,), examples=False)
+    path = root / "runs" / "maml-MCF7-k1-s0" / "episodes.csv"
+    damage(pd.read_csv(path)).to_csv(path, index=False)
+    with pytest.raises(DataError, match=message) as err:
+        load_episodes(completed_runs(root))
+    assert str(path) in str(err.value)
+
+
+def test_broken_summary_and_missing_records_name_the_file(tmp_path):
+    root = write_results(tmp_path, algos=("maml",), holdouts=("MCF7",), ks=(1,), examples=False)
+    run = root / "runs" / "maml-MCF7-k1-s0"
+    (run / "episodes.csv").unlink()
+    with pytest.raises(DataError, match="without episodes.csv"):
+        load_episodes(completed_runs(root))
+    (run / "summary.json").write_text("{not json")
+    with pytest.raises(DataError, match="summary.json: not valid JSON"):
+        completed_runs(root)
+
+
+def test_bad_examples_file_is_reported(tmp_path):
+    root = write_results(tmp_path, algos=("maml",), holdouts=("MCF7",), ks=(1,))
+    np.savez(root / "runs" / "maml-MCF7-k1-s0" / "examples.npz", image=np.zeros((1, 4, 4), np.uint8))
+    with pytest.raises(DataError, match="missing array.*truth, prediction"):
+        build_report(root, root, n_resamples=FAST)
