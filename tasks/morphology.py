@@ -19,6 +19,10 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
 LOCAL_STD_WINDOW = 9  # px, side of the square window of the local-standard-deviation map
+SUMMARY_COLUMNS = [
+    "line", "split", "images", "cells", "cells_per_image", "median_area",
+    "solidity", "circularity", "cover_fraction", "median_intensity",
+]
 
 
 def polygon_area(polygon: np.ndarray) -> float:
@@ -97,3 +101,46 @@ def otsu_ious(image: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     raw = image > otsu_threshold(image)
     std = local_std(image)
     return _iou(raw, mask), _iou(std > otsu_threshold(std), mask)
+
+
+def _line_split_images(data, splits):
+    for split in splits:
+        for line in data.lines(split):
+            yield line, split, data.images(line, split)
+
+
+def summarize(data, splits=("train", "val", "test")) -> pd.DataFrame:
+    """One row per cell line x split of `data` (a :class:`tasks.livecell.LiveCell`), lines without images skipped.
+
+    Columns: line (canonical name), split, images, cells (all images), cells_per_image (median over images),
+    median_area (median over cells, px), solidity and circularity (medians over cells), cover_fraction (mean over
+    images of the foreground share), median_intensity (median over images of each image's median grey level).
+    """
+    rows = []
+    for line, split, infos in _line_split_images(data, splits):
+        polygons = [data.polygons(info) for info in infos]
+        cells = cell_table([p for image in polygons for p in image])
+        rows.append(
+            {
+                "line": line.name,
+                "split": split,
+                "images": len(infos),
+                "cells": len(cells),
+                "cells_per_image": float(np.median([len(p) for p in polygons])),
+                "median_area": float(cells["area"].median()),
+                "solidity": float(cells["solidity"].median()),
+                "circularity": float(cells["circularity"].median()),
+                "cover_fraction": float(np.mean([data.mask(info).mean() for info in infos])),
+                "median_intensity": float(np.median([np.median(data.image(info)) for info in infos])),
+            }
+        )
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def otsu_baselines(data, splits=("train", "val", "test")) -> pd.DataFrame:
+    """One row per cell line x split: mean over images of the two Otsu foreground IoUs of :func:`otsu_ious`."""
+    rows = []
+    for line, split, infos in _line_split_images(data, splits):
+        ious = np.array([otsu_ious(data.image(info), data.mask(info)) for info in infos])
+        rows.append({"line": line.name, "split": split, "otsu_iou_raw": ious[:, 0].mean(), "otsu_iou_std": ious[:, 1].mean()})
+    return pd.DataFrame(rows, columns=["line", "split", "otsu_iou_raw", "otsu_iou_std"])
