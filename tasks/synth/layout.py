@@ -44,12 +44,15 @@ def line_annotation_path(root: Path, line: CellLine, split: str) -> Path:
 
 
 def tiff_bytes(image: np.ndarray) -> bytes:
-    """LIVECell's TIFF encoding of an 8-bit [H, W] image; deterministic (no time stamp is written)."""
+    """LIVECell's TIFF encoding of an 8-bit [H, W] image; deterministic (no time stamp is written).
+
+    Tags 317 = 2 (horizontal predictor) and 277 = 1 (SamplesPerPixel, which Pillow leaves out) give the real
+    files' tag set exactly."""
     if image.dtype != np.uint8 or image.ndim != 2:
         raise ValueError(f"expected a uint8 [H, W] image, got {image.dtype} {image.shape}")
     buffer = io.BytesIO()
     Image.fromarray(image).save(
-        buffer, format="TIFF", compression="tiff_lzw", tiffinfo={317: 2}, strip_size=ROWS_PER_STRIP * image.shape[1]
+        buffer, format="TIFF", compression="tiff_lzw", tiffinfo={317: 2, 277: 1}, strip_size=ROWS_PER_STRIP * image.shape[1]
     )
     return buffer.getvalue()
 
