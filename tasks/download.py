@@ -61,6 +61,8 @@ def download(root: Path | str, base_url: str = BASE_URL, progress=None, timeout:
             _unpack(target, root)
             marker.write_text(str(size))
             target.unlink()
+    if progress is not None:
+        progress.update(task, description="LIVECell")
     return outcome
 
 
