@@ -97,7 +97,8 @@ def _imagenet_state_dict() -> dict[str, Tensor]:
     return load_file(path)
 
 
-def _build_net(config: ModelConfig, seed: int) -> nn.Module:
+def build_module(config: ModelConfig, seed: int) -> nn.Module:
+    """The smp module as described above, its weights drawn with torch's RNG seeded by ``seed``."""
     import segmentation_models_pytorch as smp
 
     pretrained = config.encoder_weights == "imagenet"
@@ -131,11 +132,11 @@ def build(config: ModelConfig) -> Model:
     as it was) and returns its parameters, and whose ``apply`` runs a shared template module."""
     if config.name != "smp-vgg11":
         raise ValueError(f"smp_vgg11.build: config names model {config.name!r}")
-    template = _build_net(config, seed=0)
+    template = build_module(config, seed=0)
     multiple = 2**config.depth
 
     def init(seed: int) -> Params:
-        return {name: p.detach().clone().float() for name, p in _build_net(config, seed).named_parameters()}
+        return {name: p.detach().clone().float() for name, p in build_module(config, seed).named_parameters()}
 
     def apply(params: Params, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != 1:
