@@ -63,31 +63,38 @@ def held_out_bars(cells: pd.DataFrame, path: Path) -> Path:
 
 
 def adaptation_curves(curves: pd.DataFrame, path: Path) -> Path:
-    """Held-out IoU against adaptation step (step 0 = before adapting): rows k, columns held-out lines."""
+    """Held-out IoU against adaptation step (step 0 = before adapting): one panel per held-out line and k,
+    wrapped about four panels to a row (the k panels of one line side by side)."""
     algos = algo_order(curves["algo"].unique())
     colours = _palette(algos)
     ks = sorted(curves["k"].unique())
     lines = [line for line in LINE_ORDER if line in set(curves["holdout"])]
+    panels = [(line, k) for line in lines for k in ks]
+    ncols = len(ks) * min(len(lines), max(1, 4 // len(ks)))
+    nrows = -(-len(panels) // ncols)
     sns.set_theme(style="whitegrid", context="notebook")
-    fig, axes = plt.subplots(
-        len(ks), len(lines), figsize=(2.6 * len(lines) + 1.5, 2.6 * len(ks)), sharex=True, sharey=True, squeeze=False
-    )
-    for r, k in enumerate(ks):
-        for c, line in enumerate(lines):
-            ax = axes[r, c]
-            for algo in algos:
-                mine = curves[(curves["algo"] == algo) & (curves["k"] == k) & (curves["holdout"] == line)]
-                if mine.empty:
-                    continue
-                mine = mine.sort_values("step")
-                ax.plot(mine["step"], mine["mean"], color=colours[algo], label=algo, marker=".", lw=1.5)
-                ax.fill_between(mine["step"], mine["low"], mine["high"], color=colours[algo], alpha=0.2, lw=0)
-            ax.set_title(f"{line} held out, k={k}", fontsize=10)
-            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-            if r == len(ks) - 1:
-                ax.set_xlabel("adaptation step")
-            if c == 0:
-                ax.set_ylabel("IoU")
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols + 1.5, 2.8 * nrows), sharex=True, sharey=True, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= len(panels):
+            ax.set_visible(False)
+            continue
+        line, k = panels[i]
+        panel = curves[(curves["k"] == k) & (curves["holdout"] == line)]
+        if panel.empty:
+            ax.text(0.5, 0.5, "not run yet", transform=ax.transAxes, ha="center", va="center", color="0.5")
+        for algo in algos:
+            mine = panel[panel["algo"] == algo].sort_values("step")
+            if mine.empty:
+                continue
+            ax.plot(mine["step"], mine["mean"], color=colours[algo], label=algo, marker=".", lw=1.5)
+            ax.fill_between(mine["step"], mine["low"], mine["high"], color=colours[algo], alpha=0.2, lw=0)
+        ax.set_title(f"{line} held out, k={k}", fontsize=10)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.tick_params(labelbottom=True)
+        if i + ncols >= len(panels):  # nothing below it
+            ax.set_xlabel("adaptation step")
+        if i % ncols == 0:
+            ax.set_ylabel("IoU")
     handles = [plt.Line2D([], [], color=colours[a], marker=".", label=a) for a in algos]
     fig.legend(handles=handles, title="algorithm", loc="upper left", bbox_to_anchor=(1.0, 0.95))
     fig.suptitle("Adaptation curves on the held-out line (mean, 95% bootstrap CI)")
