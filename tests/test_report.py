@@ -33,6 +33,7 @@ def write_results(
     seen_episodes: int = 4,
     steps: int = 3,
     preset: str = "smoke",
+    data_root: str | None = None,
     status: str = "completed",
     examples: bool = True,
     compressed: bool = False,
@@ -63,7 +64,8 @@ def write_results(
                         rows, columns=["run_id", "algo", "holdout", "k", "seed", "line", "role", "episode", "step", "iou"]
                     )
                     frame.to_csv(folder / ("episodes.csv.gz" if compressed else "episodes.csv"), index=False)
-                    config = {"algo": algo, "holdout": holdout, "k": k, "seed": seed, "preset": preset, "inner_steps": steps}
+                    config = {"algo": algo, "holdout": holdout, "k": k, "seed": seed, "preset": preset,
+                              "data_root": data_root, "inner_steps": steps}
                     summary = {"run_id": run_id, "status": status, "config": config, "wall_s": 1.0,
                                "peak_mem_mb": 100.0, "passes": 10, "error": None}
                     (folder / "summary.json").write_text(json.dumps(summary))
@@ -187,6 +189,7 @@ def test_published_numbers_are_beside_ours_and_marked(report):
     assert "real LIVECell" in md
     index = (out / "report.md").read_text()
     assert "a different setting" in index and md in index
+    assert "These runs use the synthetic LIVECell look-alike" in index
     table = pd.read_csv(out / "tables" / "published.csv")
     assert table["mean"].notna().all()  # MCF7 was held out for both maml and finetune, k = 1 and 3
 
@@ -283,10 +286,13 @@ def test_cli_refuses_a_folder_that_is_not_a_results_folder(tmp_path, capsys):
     assert "no completed runs" in _error_line(capsys, ["report", "--results", str(tmp_path)])
 
 
-def test_mixed_presets_and_duplicate_runs_are_refused(tmp_path, capsys):
+def test_mixed_presets_data_and_duplicate_runs_are_refused(tmp_path, capsys):
     write_results(tmp_path / "a", algos=("maml",), holdouts=("MCF7",), ks=(1,), preset="default")
     write_results(tmp_path / "a", algos=("finetune",), holdouts=("MCF7",), ks=(1,), preset="smoke")
     assert "several presets (default, smoke)" in _error_line(capsys, ["report", "--results", str(tmp_path / "a")])
+    write_results(tmp_path / "c", algos=("maml",), holdouts=("MCF7",), ks=(1,), data_root="/data/livecell")
+    write_results(tmp_path / "c", algos=("finetune",), holdouts=("MCF7",), ks=(1,))
+    assert "different data (/data/livecell, synthetic)" in _error_line(capsys, ["report", "--results", str(tmp_path / "c")])
     root = write_results(tmp_path / "b", algos=("maml",), holdouts=("MCF7",), ks=(1,))
     twin = root / "runs" / "twin"
     twin.mkdir()

@@ -2,7 +2,8 @@
 
 Only runs whose ``summary.json`` says ``"completed"`` count; failed or unfinished runs are left out, so
 the report works on a partial sweep. A report pools runs of one setting only: runs from several
-presets, or two runs of the same (algorithm, held-out line, k, seed), are refused rather than mixed.
+presets or data roots, or two runs of the same (algorithm, held-out line, k, seed), are refused
+rather than mixed.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def is_results_folder(path: Path) -> bool:
 
 
 def completed_runs(results: Path) -> pd.DataFrame:
-    """One row per completed run: run_id, algo, holdout, k, seed, preset, folder."""
+    """One row per completed run: run_id, algo, holdout, k, seed, preset, data_root (None: synthetic), folder."""
     rows = []
     for summary_path in sorted(Path(results, "runs").glob("*/summary.json")):
         try:
@@ -47,10 +48,11 @@ def completed_runs(results: Path) -> pd.DataFrame:
                 "k": int(config["k"]),
                 "seed": int(config["seed"]),
                 "preset": config.get("preset"),
+                "data_root": config.get("data_root"),
                 "folder": summary_path.parent,
             }
         )
-    runs = pd.DataFrame(rows, columns=["run_id", "algo", "holdout", "k", "seed", "preset", "folder"])
+    runs = pd.DataFrame(rows, columns=["run_id", "algo", "holdout", "k", "seed", "preset", "data_root", "folder"])
     _check_one_setting(runs, results)
     return runs
 
@@ -62,6 +64,9 @@ def _check_one_setting(runs: pd.DataFrame, results: Path) -> None:
             f"{results}: completed runs from several presets ({', '.join(presets)}); "
             "report one preset per results folder (run/sweep --out DIR)"
         )
+    roots = sorted({"synthetic" if pd.isna(r) else str(r) for r in runs["data_root"]})
+    if len(roots) > 1:
+        raise DataError(f"{results}: completed runs on different data ({', '.join(roots)}); report one data set per results folder")
     duplicated = runs[runs.duplicated(["algo", "holdout", "k", "seed"], keep=False)]
     if len(duplicated):
         first = duplicated.iloc[0]
