@@ -8,7 +8,8 @@ Shared here, so each algorithm's own file reads as the algorithm and nothing els
 
 - ``sgd_step``: one plain gradient step on a parameter dict (the inner-loop update);
 - ``Algorithm.over_tasks``: run a per-task function over a meta-batch, looped or ``vmap``'d, and
-  average its outputs (``task_batching``, see :data:`TASK_BATCHING`);
+  average its outputs (``task_batching``, see :data:`TASK_BATCHING`); ``Algorithm.meta_gradient``:
+  the same for a per-task loss, differentiated with respect to the meta-parameters;
 - ``Algorithm.outer_update``: one step of the outer optimiser, whose state travels in the MetaState;
 - ``Algorithm.adapt`` / ``predict``: the test-time adaptation every algorithm is evaluated with.
 
@@ -174,16 +175,44 @@ class Algorithm(abc.ABC):
 
     def over_tasks(self, fn: Callable, shared: tuple, per_task: tuple[Tensor, ...]):
         """``mean over t of fn(*shared, *(x[t] for x in per_task))``, for any nest of tensors ``fn``
-        returns; ``shared`` is the same for every task (e.g. the meta-parameters)."""
+        returns (nothing differentiated); ``shared`` is the same for every task (e.g. the weights)."""
+        tasks = per_task[0].shape[0]
         if self.resolved_task_batching() == "vmap":
-            in_dims = (None,) * len(shared) + (0,) * len(per_task)
-            out = vmap(fn, in_dims=in_dims)(*shared, *per_task)
+            out = vmap(fn, in_dims=(None,) * len(shared) + (0,) * len(per_task))(*shared, *per_task)
             return pytree.tree_map(lambda t: t.mean(0), out)
         total = None
-        for t in range(per_task[0].shape[0]):
+        for t in range(tasks):
             out = fn(*shared, *(x[t] for x in per_task))
             total = out if total is None else pytree.tree_map(torch.add, total, out)
-        return pytree.tree_map(lambda t: t / per_task[0].shape[0], total)
+        return pytree.tree_map(lambda t: t / tasks, total)
+
+    def meta_gradient(self, task_loss: Callable, state: MetaState, per_task: tuple[Tensor, ...]):
+        """The gradient of ``mean over t of task_loss(params, extra, *(x[t] for x in per_task))`` with
+        respect to ``state.params`` and ``state.extra``; returns (grad_params, grad_extra, mean loss).
+
+        Looped, the outer derivative is taken by ordinary autograd, task by task, each task's graph
+        freed before the next (measured ~20% faster on CPU than nesting ``torch.func.grad`` around the
+        inner ``torch.func.grad``, with bitwise-identical results). Vmapped, by ``torch.func.grad``
+        under ``vmap``, all T graphs alive at once (ordinary autograd around a ``vmap`` gives wrong
+        second derivatives through batch-statistics BatchNorm in torch 2.14: caught by the tests)."""
+        tasks = per_task[0].shape[0]
+        if self.resolved_task_batching() == "vmap":
+            per_task_gradient = grad_and_value(task_loss, argnums=(0, 1))
+            in_dims = (None, None) + (0,) * len(per_task)
+            (grad_params, grad_extra), losses = vmap(per_task_gradient, in_dims=in_dims)(state.params, state.extra, *per_task)
+            mean = lambda tree: {k: v.mean(0) for k, v in tree.items()}  # noqa: E731
+            return mean(grad_params), mean(grad_extra), losses.mean()
+        with torch.enable_grad():
+            params = {k: v.detach().requires_grad_(True) for k, v in state.params.items()}
+            extra = {k: v.detach().requires_grad_(True) for k, v in state.extra.items()}
+            leaves = [*params.values(), *extra.values()]
+            loss, grads = 0.0, [torch.zeros_like(leaf) for leaf in leaves]
+            for t in range(tasks):
+                task_loss_t = task_loss(params, extra, *(x[t] for x in per_task)) / tasks
+                task_grads = torch.autograd.grad(task_loss_t, leaves, materialize_grads=True)
+                grads = [total + g for total, g in zip(grads, task_grads)]
+                loss = loss + task_loss_t.detach()
+        return dict(zip(params, grads[: len(params)])), dict(zip(extra, grads[len(params) :])), loss
 
     def open_optimizer(self, state: MetaState) -> tuple[torch.optim.Optimizer, Params, dict[str, Tensor]]:
         """Fresh leaf copies of ``state.params`` and ``state.extra`` and an outer optimiser over them,

@@ -10,14 +10,15 @@ set give weights that do well on that task's query set. For each task i of a met
 and the meta-update follows grad_theta mean_i L_i(theta) with the outer optimiser (Adam by default).
 That gradient flows *through* the inner loop: each phi_j depends on theta through the inner
 gradients too, so it involves second derivatives (Hessian-vector products) of the support loss.
-Here that is exact, by nesting ``torch.func.grad``: the inner ``grad`` is itself differentiated by the
-outer one. The inner loop's activations of all n steps are kept for the outer backward pass, so
-memory grows linearly with n (and with T when tasks are ``vmap``'d: ``task_batching="auto"`` loops).
+Here that is exact: the inner gradients come from ``torch.func.grad`` on weights that still depend on
+theta, so the outer differentiation (``Algorithm.meta_gradient``) goes through them. The inner loop's
+activations of all n steps are kept for the outer backward pass, so memory grows linearly with n
+(and with T when tasks are ``vmap``'d: ``task_batching="auto"`` loops).
 """
 
 from __future__ import annotations
 
-from torch.func import grad, grad_and_value
+from torch.func import grad
 
 from algorithms.base import Algorithm, MetaState, sgd_step
 from algorithms.registry import register
@@ -36,14 +37,13 @@ class MAML(Algorithm):
         def query_loss_after_adaptation(params, extra, support_x, support_y, query_x, query_y):
             fast = params
             for j in range(self.inner_steps):
-                # `grad` inside the outer `grad` below: this gradient stays differentiable.
+                # `fast` depends on params, and so does this gradient: the outer derivative sees it.
                 inner_grads = grad(self.loss_on)(fast, support_x, support_y)
                 fast = sgd_step(fast, inner_grads, self.step_size(extra, j))
             return self.loss_on(fast, query_x, query_y)
 
         # 2. Its gradient w.r.t. (params, extra), averaged over the tasks of the meta-batch.
-        meta_gradient = grad_and_value(query_loss_after_adaptation, argnums=(0, 1))
-        (grad_params, grad_extra), loss = self.over_tasks(meta_gradient, (state.params, state.extra), tuple(batch))
+        grad_params, grad_extra, loss = self.meta_gradient(query_loss_after_adaptation, state, tuple(batch))
 
         # 3. One step of the outer optimiser.
         loss = self.check_finite(loss, state)
