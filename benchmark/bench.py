@@ -1,0 +1,436 @@
+"""The measurements behind ``python -m benchmark bench``: what a meta-step costs, against what it should cost.
+
+The unit is B: one ordinary forward-backward pass over the support images of one meta-batch (T tasks x k
+images as one batch). A meta-step with n inner steps does about n + 1 such passes, so its time over
+(n + 1) * B says how close an algorithm runs to the cost of the arithmetic it must do.
+
+These machines are noisy (the same code drifts by ~45% between processes), so every timing here comes from
+:func:`interleave`: all variants run once per round, in a rotating order, in one process, and a variant is
+summarised by its median over the rounds after warm-up. Ratios are taken round by round (each variant against
+the B of its own round) before the median, so drift between rounds cancels.
+
+Peak memory is measured in a fresh process per variant (see :func:`meta_step_memory`): on CPU as the growth of
+the resident set size (RSS) during one meta-step, since ``tracemalloc`` does not see torch's allocator; on a GPU
+as the growth of ``torch.cuda.max_memory_allocated``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import os
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from algorithms import Algorithm, MetaState
+from algorithms.losses import iou
+from benchmark.config import FIELDS, RunConfig
+from benchmark.runner import EVAL_SEED_OFFSET, EVAL_SPLIT, build, device_of, meta_batch
+from tasks.batch import TaskBatch
+from tasks.episodes import sample_episode, stack_episodes
+from tasks.livecell import LiveCell, open_livecell
+
+Params = dict[str, Tensor]
+
+VARIANT_FIELDS = ("inner_steps", "inner_lr", "outer_optimizer", "outer_lr", "task_batching")
+"""RunConfig fields a bench variant may change: they change the meta-step, not the data or model B is measured on."""
+
+WARMUP_SIDE = 32  # side of the image of the warm-up step before a memory measurement
+
+MEMORY_METHODS = {
+    "cpu": "RSS growth during one meta-step, fresh process",
+    "cuda": "torch.cuda.max_memory_allocated growth during one meta-step, fresh process",
+}
+
+
+# -- timing ------------------------------------------------------------------------------------------------
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so a timer measures it (CPU work is synchronous already)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleave(
+    timers: dict[str, Callable[[], Any]],
+    repeats: int,
+    warmup: int,
+    device: torch.device | str = "cpu",
+    on_round: Callable[[int], None] | None = None,
+) -> pd.DataFrame:
+    """Time every timer once per round, ``warmup + repeats`` rounds, in one process.
+
+    Round r starts at timer ``r mod len(timers)`` (a rotation), so no variant always runs first or right after
+    the same neighbour. Returns one row per (variant, round): ``variant, round, warmup, seconds``.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    if not timers:
+        raise ValueError("nothing to time: no timers given")
+    device = torch.device(device)
+    names = list(timers)
+    rows = []
+    for r in range(warmup + repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            synchronize(device)
+            started = time.perf_counter()
+            timers[name]()
+            synchronize(device)
+            rows.append({"variant": name, "round": r, "warmup": r < warmup, "seconds": time.perf_counter() - started})
+        if on_round:
+            on_round(r)
+    return pd.DataFrame(rows)
+
+
+def medians(times: pd.DataFrame) -> pd.Series:
+    """Median seconds per variant over the rounds after warm-up."""
+    return times[~times.warmup].groupby("variant", sort=False).seconds.median()
+
+
+def round_ratios(times: pd.DataFrame, variant: str, reference: str, scale: float = 1.0) -> pd.Series:
+    """``seconds(variant) / (scale * seconds(reference))`` in each round after warm-up, indexed by round."""
+    timed = times[~times.warmup].pivot(index="round", columns="variant", values="seconds")
+    return timed[variant] / (scale * timed[reference])
+
+
+# -- what is timed -----------------------------------------------------------------------------------------
+
+
+def apply_variant(config: RunConfig, algo: str, overrides: dict[str, Any]) -> RunConfig:
+    """``config`` for algorithm ``algo`` with a variant's settings: RunConfig fields among
+    :data:`VARIANT_FIELDS`, anything else an algorithm-specific option. Settings that would change the data or
+    the model (and so B) are refused: they belong on the command line, for every variant at once."""
+    fields, options = {}, dict(config.options)
+    for key, value in overrides.items():
+        if key in VARIANT_FIELDS:
+            fields[key] = value
+        elif key in FIELDS:
+            raise ValueError(
+                f"variant {algo}: {key!r} changes the data or model that B is measured on; "
+                f"set it for all variants with --{key.replace('_', '-')}"
+            )
+        else:
+            options[key] = value
+    return dataclasses.replace(config, algo=algo, algo_options=tuple(sorted(options.items())), **fields)
+
+
+def baseline_pass(algo: Algorithm, params: Params, batch: TaskBatch) -> Callable[[], None]:
+    """B: one ordinary forward-backward pass over the support images of ``batch`` (T x k images as one batch)."""
+    leaves = [p.detach().requires_grad_(True) for p in params.values()]
+    named = dict(zip(params, leaves))
+    images, masks = batch.support_x.flatten(0, 1), batch.support_y.flatten(0, 1)
+
+    def run() -> None:
+        torch.autograd.grad(algo.loss_on(named, images, masks), leaves)
+
+    return run
+
+
+class FunctionalNet(nn.Module):
+    """A functional model as an ``nn.Module`` that holds its parameters: the form ``higher`` patches.
+
+    Parameters are registered as ``p0, p1, ...`` (module attribute names cannot contain dots) and handed
+    back to the pure ``apply`` under their own names, so the network is the same function as the model's.
+    """
+
+    def __init__(self, apply: Callable[[Params, Tensor], Tensor], params: Params):
+        super().__init__()
+        self.functional = apply
+        self.names = list(params)
+        for i, value in enumerate(params.values()):
+            self.register_parameter(f"p{i}", nn.Parameter(value.detach().clone()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.functional({name: self._parameters[f"p{i}"] for i, name in enumerate(self.names)}, x)
+
+
+def higher_meta_gradient(algo: Algorithm, params: Params, batch: TaskBatch) -> tuple[Params, float]:
+    """Second-order MAML's meta-gradient and mean query loss, computed with ``higher.innerloop_ctx``.
+
+    The textbook ``higher`` loop: per task, n differentiable SGD steps at ``algo.inner_lr`` on the support
+    loss, then the query loss divided by T, back-propagated into the shared initial weights.
+    """
+    import higher  # the benchmark extra; only --compare-higher needs it
+
+    net = FunctionalNet(algo.model.apply, params)
+    inner = torch.optim.SGD(net.parameters(), lr=algo.inner_lr)
+    tasks, total = batch.tasks, 0.0
+    for t in range(tasks):
+        with higher.innerloop_ctx(net, inner, copy_initial_weights=False) as (fnet, diffopt):
+            for _ in range(algo.inner_steps):
+                diffopt.step(algo.loss_fn(fnet(batch.support_x[t]), batch.support_y[t]))
+            loss = algo.loss_fn(fnet(batch.query_x[t]), batch.query_y[t]) / tasks
+            loss.backward()
+            total += float(loss)
+    return {name: p.grad for name, p in zip(net.names, net.parameters())}, total
+
+
+def higher_meta_step(algo: Algorithm, state: MetaState, batch: TaskBatch) -> MetaState:
+    """One second-order MAML meta-step through ``higher``, with the same outer update as ``algo``."""
+    grads, _ = higher_meta_gradient(algo, state.params, batch)
+    return algo.outer_update(state, grads)
+
+
+def meta_gradient(algo: Algorithm, state: MetaState, batch: TaskBatch) -> Params:
+    """The gradient ``algo.meta_step`` hands its outer optimiser (captured; the update itself is skipped)."""
+    captured: Params = {}
+    probe = copy.copy(algo)
+
+    def capture(state: MetaState, grad_params: Params, grad_extra: Params | None = None) -> MetaState:
+        captured.update(grad_params)
+        return state
+
+    probe.outer_update = capture
+    probe.meta_step(state, batch)
+    if not captured:
+        raise ValueError(f"{algo.name}: its meta-step does not step an outer optimiser along a meta-gradient")
+    return captured
+
+
+def gradient_agreement(ours: Params, theirs: Params) -> dict[str, Any]:
+    """How far two gradients are apart: max |difference|, max |gradient|, and whether they are bitwise equal."""
+    diff = max(float((ours[k] - theirs[k]).abs().max()) for k in ours)
+    scale = max(float(g.abs().max()) for g in ours.values())
+    return {
+        "max_abs_diff": diff,
+        "max_abs_grad": scale,
+        "relative": diff / scale if scale else 0.0,
+        "bitwise_equal": all(torch.equal(ours[k], theirs[k]) for k in ours),
+    }
+
+
+def evaluation_batch(config: RunConfig, data: LiveCell, count: int) -> TaskBatch:
+    """The first ``count`` evaluation episodes of the held-out line, as ``run`` samples them."""
+    seed = EVAL_SEED_OFFSET + config.seed
+    episodes = [
+        sample_episode(data, config.holdout, EVAL_SPLIT, config.k, config.eval_queries, config.crop, seed, i)
+        for i in range(count)
+    ]
+    return stack_episodes(episodes)
+
+
+def adapt_and_score(algo: Algorithm, state: MetaState, batch: TaskBatch) -> Tensor:
+    """What evaluation computes for a batch of E episodes: adapt together, score every query image at every
+    step. Returns IoU [n + 1, E, q]."""
+    episodes = batch.support_x.shape[0]
+    scores = []
+    for _, params in algo.adapt(state, batch.support_x, batch.support_y):
+        logits = algo.predict(params, batch.query_x)
+        scores.append(iou(logits.flatten(0, 1), batch.query_y.flatten(0, 1)).reshape(episodes, -1))
+    return torch.stack(scores)
+
+
+def one_by_one(batch: TaskBatch) -> list[TaskBatch]:
+    """Each task of ``batch`` as a batch of one."""
+    return [TaskBatch(*(t[e : e + 1] for t in batch)) for e in range(batch.tasks)]
+
+
+# -- memory ------------------------------------------------------------------------------------------------
+
+
+def _rss_mb(field: str) -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _meta_step_memory_here(config: RunConfig, via_higher: bool, threads: int) -> float:
+    """Runs in a fresh process: MB that one meta-step adds to the peak (see :func:`meta_step_memory`)."""
+    torch.set_num_threads(threads)
+    device = device_of(config)
+    data = open_livecell(config.data_root)
+    algo = build(config)
+    state = algo.init_state(algo.model.init(config.seed))
+    state = MetaState({k: v.to(device) for k, v in state.params.items()}, state.extra, state.optimizer, state.step)
+    batch = meta_batch(config, data, 0).to(device)
+
+    def step(batch: TaskBatch) -> None:
+        higher_meta_step(algo, state, batch) if via_higher else algo.meta_step(state, batch)
+
+    # one step on a single small image first: lazy imports, kernels and thread pools are not the step's memory
+    step(TaskBatch(*(t[:1, :1, :, :WARMUP_SIDE, :WARMUP_SIDE] for t in batch)))
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        step(batch)
+        synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    before = _rss_mb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as fh:  # Linux: reset the peak RSS (VmHWM) to the current RSS
+        fh.write("5")
+    step(batch)
+    return _rss_mb("VmHWM") - before
+
+
+def meta_step_memory(config: RunConfig, via_higher: bool = False) -> float:
+    """Peak extra memory (MB) of one meta-step of ``config``'s algorithm (or MAML through ``higher``).
+
+    Measured in a fresh process, after the data, model and batch are in memory: on CPU, the peak RSS
+    (``VmHWM``, reset just before) minus the RSS before the step; on a GPU, the peak of
+    ``torch.cuda.max_memory_allocated`` minus what was allocated before. A fresh process per measurement
+    keeps one variant's freed-but-cached memory from hiding the next one's.
+    """
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(_meta_step_memory_here, config, via_higher, torch.get_num_threads()).result()
+
+
+# -- the whole bench ---------------------------------------------------------------------------------------
+
+
+def measure(
+    variants: dict[str, RunConfig],
+    repeats: int = 5,
+    warmup: int = 1,
+    compare_higher: bool = False,
+    memory: bool = True,
+    on_round: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Time B, each variant's meta-step, evaluation (batched and one by one) and data sampling, interleaved.
+
+    ``variants``: label -> configuration; they must share everything B depends on (data and model settings;
+    see :func:`apply_variant`). The first variant's configuration sets the data, batch and evaluation episodes.
+    With ``compare_higher``, second-order MAML through ``higher`` runs in the same rounds (label
+    ``maml (higher)``) and its meta-gradient is checked against the first ``maml`` variant's.
+
+    Returns plain data (JSON-ready): ``settings``, ``baseline`` (B), ``meta_steps`` (one row per variant),
+    ``evaluation``, ``data``, ``higher`` (or None), ``times`` (every timed call, one row each).
+    """
+    if not variants:
+        raise ValueError("no variants to measure")
+    first = next(iter(variants.values()))
+    device = device_of(first)
+    data = open_livecell(first.data_root)
+    algos = {label: build(config) for label, config in variants.items()}
+    model = next(iter(algos.values())).model
+    params = {k: v.to(device) for k, v in model.init(first.seed).items()}
+    batch = meta_batch(first, data, 0).to(device)
+    states = {label: algo.init_state(params) for label, algo in algos.items()}
+
+    timers: dict[str, Callable[[], Any]] = {"B": baseline_pass(next(iter(algos.values())), params, batch)}
+    for label, algo in algos.items():
+        timers[label] = lambda algo=algo, state=states[label]: algo.meta_step(state, batch)
+    maml_label = next((label for label, config in variants.items() if config.algo == "maml"), None)
+    if compare_higher:
+        if maml_label is None:
+            raise ValueError("--compare-higher compares against second-order MAML: include maml in --algos")
+        maml = algos[maml_label]
+        timers["maml (higher)"] = lambda: higher_meta_step(maml, states[maml_label], batch)
+
+    steps = itertools.count(1)  # sampling: a new meta-step's tasks every call, as in training
+    timers["sample meta-batch"] = lambda: meta_batch(first, data, next(steps))
+    evaluator, eval_state = next(iter(algos.values())), next(iter(states.values()))
+    episodes = evaluation_batch(first, data, first.eval_batch).to(device)
+    singles = one_by_one(episodes)
+    timers["evaluate batched"] = lambda: adapt_and_score(evaluator, eval_state, episodes)
+    timers["evaluate one by one"] = lambda: [adapt_and_score(evaluator, eval_state, single) for single in singles]
+
+    times = interleave(timers, repeats, warmup, device, on_round)
+    median = medians(times)
+
+    rows = []
+    for label, config in variants.items():
+        ratios = round_ratios(times, label, "B", config.inner_steps + 1)
+        _, metrics = algos[label].meta_step(states[label], batch)
+        rows.append(
+            {
+                "variant": label,
+                "algo": config.algo,
+                "inner_steps": config.inner_steps,
+                "task_batching": algos[label].resolved_task_batching(),
+                "passes": int(metrics["passes"]),
+                "seconds": float(median[label]),
+                "ratio_to_n1B": float(ratios.median()),
+                "ratio_min": float(ratios.min()),
+                "ratio_max": float(ratios.max()),
+                "peak_mem_mb": meta_step_memory(config) if memory else None,
+            }
+        )
+    higher_result = None
+    if compare_higher:
+        maml_config = variants[maml_label]
+        ratios = round_ratios(times, "maml (higher)", "B", maml_config.inner_steps + 1)
+        ours_over_higher = round_ratios(times, maml_label, "maml (higher)")
+        rows.append(
+            {
+                "variant": "maml (higher)",
+                "algo": "maml",
+                "inner_steps": maml_config.inner_steps,
+                "task_batching": "loop",
+                "passes": maml_config.inner_steps + 1,
+                "seconds": float(median["maml (higher)"]),
+                "ratio_to_n1B": float(ratios.median()),
+                "ratio_min": float(ratios.min()),
+                "ratio_max": float(ratios.max()),
+                "peak_mem_mb": meta_step_memory(maml_config, via_higher=True) if memory else None,
+            }
+        )
+        ours_grad = meta_gradient(algos[maml_label], states[maml_label], batch)
+        theirs_grad, _ = higher_meta_gradient(algos[maml_label], states[maml_label].params, batch)
+        higher_result = {
+            "against": maml_label,
+            "ours_over_higher_median": float(ours_over_higher.median()),
+            "rounds_ours_faster": int((ours_over_higher < 1).sum()),
+            "rounds": int(len(ours_over_higher)),
+            "gradient": gradient_agreement(ours_grad, theirs_grad),
+        }
+
+    batched_scores = adapt_and_score(evaluator, eval_state, episodes)
+    single_scores = torch.cat([adapt_and_score(evaluator, eval_state, s) for s in singles], dim=1)
+    count = episodes.tasks
+    fastest = min(rows, key=lambda row: row["seconds"]) if rows else None
+    return {
+        "settings": {
+            "repeats": repeats,
+            "warmup": warmup,
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
+            "memory_method": MEMORY_METHODS[device.type] if memory else None,
+            "tasks": batch.tasks,
+            "k": first.k,
+            "query_size": first.query_size,
+            "image_size": list(batch.support_x.shape[-2:]),
+            "parameters": sum(p.numel() for p in params.values()),
+        },
+        "baseline": {"seconds": float(median["B"]), "images": batch.tasks * first.k},
+        "meta_steps": rows,
+        "evaluation": {
+            "episodes": count,
+            "batched_eps_per_s": count / float(median["evaluate batched"]),
+            "one_by_one_eps_per_s": count / float(median["evaluate one by one"]),
+            "speedup": float(round_ratios(times, "evaluate one by one", "evaluate batched").median()),
+            "max_iou_diff": float((batched_scores - single_scores).abs().max()),
+        },
+        "data": {
+            "batches_per_s": 1 / float(median["sample meta-batch"]),
+            "fastest_variant": fastest["variant"],
+            "meta_steps_per_s": 1 / fastest["seconds"],
+            "headroom": fastest["seconds"] / float(median["sample meta-batch"]),
+        },
+        "higher": higher_result,
+        "times": times.to_dict("records"),
+    }
+
+
+def costs(result: dict[str, Any], variants: dict[str, RunConfig]) -> Iterable[tuple[RunConfig, float, float]]:
+    """(configuration, seconds per training step, seconds per evaluation episode) of every plain variant of a
+    :func:`measure` result: a training step is a meta-step plus sampling its tasks, what ``run`` does."""
+    sample = 1 / result["data"]["batches_per_s"]
+    episode = 1 / result["evaluation"]["batched_eps_per_s"]
+    for row in result["meta_steps"]:
+        config = variants.get(row["variant"])
+        if config is not None:
+            yield config, row["seconds"] + sample, episode
