@@ -19,10 +19,11 @@ Quirks handled here (each is a known property of the published files):
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ import numpy as np
 
 from tasks.errors import DataError
 
-PARSE_VERSION = 1  # bump when the parsed form or the quirk rules change
+PARSE_VERSION = 2  # bump when the parsed form or the quirk rules change
 
 
 def cache_root() -> Path:
@@ -73,22 +74,39 @@ class CocoIndex:
         return out
 
 
-_ARRAYS = ("image_ids", "file_names", "widths", "heights", "ann_start", "ann_ids", "part_start", "coord_start", "coords")
+_TABLES = ("image_ids", "file_names", "widths", "heights", "ann_start", "ann_ids", "part_start", "coord_start")
 
 
 def load_coco(path: Path | str) -> CocoIndex:
-    """The parsed form of ``path``, from the cache when this exact content was parsed before."""
+    """The parsed form of ``path``, from the cache when this exact content was parsed before.
+
+    Cached as two files: the tables (``.npz``, loaded whole) and the vertices (``.npy``, memory-mapped).
+    A damaged cache entry is rebuilt."""
     path = Path(path)
     digest = file_digest(path)
-    folder = cache_root() / "coco" / f"{digest}-v{PARSE_VERSION}"
-    if not (folder / "done").exists():
-        arrays = _parse(path)
-        _store(folder, arrays)
-    try:
-        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
-    except (OSError, ValueError) as err:
-        raise DataError(f"{folder}: damaged annotation cache ({err}); delete the folder to rebuild it") from None
-    return CocoIndex(path=path, digest=digest, **arrays)
+    stem = cache_root() / "coco" / f"{digest}-v{PARSE_VERSION}"
+    tables_path, coords_path = stem.with_name(stem.name + ".npz"), stem.with_name(stem.name + ".coords.npy")
+    for attempt in range(2):
+        if attempt or not tables_path.exists():
+            arrays = _parse(path)
+            _atomic_write(coords_path, _npy_bytes(arrays.pop("coords")))
+            buffer = io.BytesIO()
+            np.savez(buffer, **arrays)
+            _atomic_write(tables_path, buffer.getvalue())  # written last: its presence means complete
+        try:
+            with np.load(tables_path, allow_pickle=False) as stored:
+                tables = {name: stored[name] for name in _TABLES}
+            coords = np.load(coords_path, mmap_mode="r", allow_pickle=False)
+            return CocoIndex(path=path, digest=digest, coords=coords, **tables)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            continue
+    raise DataError(f"{stem}: cannot write a readable annotation cache there")
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
 
 
 def file_digest(path: Path) -> str:
@@ -121,18 +139,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
-
-
-def _store(folder: Path, arrays: dict[str, np.ndarray]) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
-    for name, array in arrays.items():
-        np.save(tmp / f"{name}.npy", array, allow_pickle=False)
-    (tmp / "done").touch()
-    try:
-        os.rename(tmp, folder)
-    except OSError:  # another process stored the same content first
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _read_json(path: Path) -> dict:

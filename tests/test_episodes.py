@@ -145,13 +145,15 @@ def test_bad_manifests(data):
 
 
 def test_a_meta_batch_is_sampled_well_within_a_meta_step(data):
-    """7 tasks x (3 + 3) crops of 64 x 64: must take well under 30 ms (a meta-step is ~0.3 s)."""
+    """7 tasks x (3 + 3) crops of 64 x 64: must take well under 30 ms (a meta-step is ~0.3 s).
+
+    Measured in CPU time of this process, so that other jobs on a shared machine do not decide the outcome."""
     for line in SEVEN:  # warm the images and masks
         for info in data.images(line, "train"):
             data.image(info), data.mask(info)
     times = []
     for step in range(15):
-        start = time.perf_counter()
+        start = time.process_time()
         stack_episodes([sample_episode(data, line, "train", 3, 3, 64, 0, step) for line in SEVEN])
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     assert np.median(times) < 0.030, f"median {np.median(times) * 1e3:.1f} ms"

@@ -133,6 +133,19 @@ def test_masks_equal_union_of_annToMask_on_generated_data(root):
     assert check_against_pycocotools(data, wide_file(root, "train"), "train") == 8
 
 
+@pytest.mark.slow
+def test_masks_equal_union_of_annToMask_on_the_synthetic_generator(tmp_path):
+    from tasks.synth import generate
+
+    root = generate(tmp_path / "synth", seed=5, images_per_line=3)
+    data = LiveCell(root)
+    assert len(data.lines("val")) == 8
+    assert check_against_pycocotools(data, wide_file(root, "val"), "val") == 8
+    per_line = root / "annotations" / "LIVECell_single_cells" / "shsy5y" / "test.json"
+    assert data.annotation_file("SH-SY5Y", "test") == per_line
+    assert check_against_pycocotools(data, per_line, "test", ["SH-SY5Y"]) == 1
+
+
 def test_masks_equal_union_of_annToMask_on_the_real_sample(sample_root):
     data = LiveCell(sample_root)
     assert check_against_pycocotools(data, wide_file(sample_root, "val"), "val") == 5
@@ -326,8 +339,15 @@ def test_damaged_mask_cache_file_is_rebuilt(root):
     info = data.images("MCF7", "train")[0]
     expected = data.instances(info)
     index, _ = data._locate(info)
-    (tasks.mask_cache.mask_folder(index) / f"{info.id}.npz").write_bytes(b"PK\x03\x04 truncated")
+    (tasks.mask_cache.mask_folder(index) / f"{info.id}.runs").write_bytes(b"SLBL truncated")
     np.testing.assert_array_equal(LiveCell(root).instances(info), expected)
+
+
+def test_damaged_annotation_cache_is_rebuilt(root):
+    expected = [info.id for info in LiveCell(root).images("BT474", "val")]
+    digest = tasks.coco.file_digest(wide_file(root, "val"))
+    (tasks.coco.cache_root() / "coco" / f"{digest}-v{tasks.coco.PARSE_VERSION}.npz").write_bytes(b"PK\x03\x04 damaged")
+    assert [info.id for info in LiveCell(root).images("BT474", "val")] == expected
 
 
 @pytest.mark.slow
