@@ -1,8 +1,8 @@
 """Fetch the official LIVECell files into the layout :mod:`tasks.livecell` reads.
 
-From the public bucket's ``LIVECell_dataset_2021/`` prefix: ``images.zip`` (1.3 GB, unpacked into
-``ROOT/images/`` and then deleted) and the annotation files, LIVECell-wide and per line (2.1 GB,
-stored as-is under ``ROOT/annotations/``). Each file's size is asked first (HEAD); a file already
+From the public bucket's ``LIVECell_dataset_2021/`` prefix: ``images.zip`` (1.3 GB unpacked; unpacked
+into ``ROOT/images/``, then deleted) and the annotation files, LIVECell-wide and per line (stored
+as-is under ``ROOT/annotations/``). Each file's size is asked first (HEAD); a file already
 complete is skipped; a partial one (``*.part``) is resumed with an HTTP Range request; a transfer
 that ends short of the announced size is an error that a rerun resumes. Standard library only.
 """

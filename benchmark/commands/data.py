@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     download = group.add_parser(
         "download",
-        help="fetch the official LIVECell images and annotations (about 3.4 GB)",
+        help="fetch the official LIVECell images (1.3 GB unpacked) and annotation files",
         description="Fetch images.zip and the annotation files (LIVECell-wide and per cell line) from the public "
         "bucket into ROOT, unpacking the images into ROOT/images/. Sizes are checked; an interrupted download "
         "resumes where it stopped when run again; files already complete are skipped.",
