@@ -81,7 +81,7 @@ def sgd_step(params: Params, grads: Params, rate: float | Tensor | Params) -> Pa
 
 def _optimizer_classes() -> dict[str, type[torch.optim.Optimizer]]:
     found = {}
-    for module, names in ((torch_optimizer, torch_optimizer.__all__), (torch.optim, dir(torch.optim))):
+    for module, names in ((torch.optim, dir(torch.optim)), (torch_optimizer, torch_optimizer.__all__)):
         for attr in names:
             cls = getattr(module, attr)
             if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer):
