@@ -19,13 +19,13 @@ Quirks handled here (each is a known property of the published files):
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import numpy as np
 
@@ -59,12 +59,6 @@ class CocoIndex:
     coord_start: np.ndarray  # int64 [P + 1]
     coords: np.ndarray  # float64 [C]
 
-    def row(self, image_id: int) -> int:
-        i = int(np.searchsorted(self.image_ids, image_id))
-        if i == len(self.image_ids) or self.image_ids[i] != image_id:
-            raise KeyError(image_id)
-        return i
-
     def annotations(self, row: int) -> list[list[np.ndarray]]:
         """Each annotation of image ``row`` as its list of flat float64 parts (x0, y0, x1, y1, ...)."""
         out = []
@@ -89,10 +83,9 @@ def load_coco(path: Path | str) -> CocoIndex:
     for attempt in range(2):
         if attempt or not tables_path.exists():
             arrays = _parse(path)
-            _atomic_write(coords_path, _npy_bytes(arrays.pop("coords")))
-            buffer = io.BytesIO()
-            np.savez(buffer, **arrays)
-            _atomic_write(tables_path, buffer.getvalue())  # written last: its presence means complete
+            coords = arrays.pop("coords")
+            atomic_write(coords_path, lambda f: np.save(f, coords, allow_pickle=False))
+            atomic_write(tables_path, lambda f: np.savez(f, **arrays))  # written last: its presence means complete
         try:
             with np.load(tables_path, allow_pickle=False) as stored:
                 tables = {name: stored[name] for name in _TABLES}
@@ -101,12 +94,6 @@ def load_coco(path: Path | str) -> CocoIndex:
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             continue
     raise DataError(f"{stem}: cannot write a readable annotation cache there")
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
 
 
 def file_digest(path: Path) -> str:
@@ -129,16 +116,21 @@ def file_digest(path: Path) -> str:
     with path.open("rb") as f:
         digest = hashlib.file_digest(f, "sha1").hexdigest()
     memo[key] = [*stamp, digest]
-    _atomic_write(memo_path, json.dumps(memo).encode())
+    atomic_write(memo_path, lambda f: f.write(json.dumps(memo).encode()))
     return digest
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write(file)`` into a temporary sibling, then rename it over ``path``: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _read_json(path: Path) -> dict:
