@@ -1,7 +1,7 @@
 """``python -m benchmark``: one sub-command per module in :mod:`benchmark.commands`.
 
 Each command module exposes ``add_parser(subparsers)``, which registers its parser and sets
-``func`` (args -> exit code). Expected failures raise :class:`UserError` (or a data error) and are
+``func`` (args -> exit code). Expected failures (:mod:`benchmark.errors`, data errors, invalid values) are
 printed as one line, never as a traceback.
 """
 
@@ -13,11 +13,11 @@ import sys
 
 from rich.console import Console
 
+from benchmark.errors import RunFailed, UserError
+
+__all__ = ["UserError", "build_parser", "main"]
+
 COMMANDS = ("data", "run", "sweep", "report", "bench")
-
-
-class UserError(Exception):
-    """A mistake in what the user asked for: printed as one line, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     try:
         return int(args.func(args) or 0)
-    except (UserError, DataError, ValueError) as err:
+    except (UserError, RunFailed, DataError, ValueError) as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:

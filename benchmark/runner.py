@@ -22,6 +22,7 @@ import algorithms
 from algorithms import Algorithm, MetaState, ModelConfig
 from algorithms.losses import iou
 from benchmark.config import RunConfig
+from benchmark.errors import RunFailed
 from tasks.batch import TaskBatch
 from tasks.catalogue import LINES, cell_line
 from tasks.episodes import sample_episode, stack_episodes
@@ -31,10 +32,6 @@ HELD_OUT, SEEN = "held-out", "seen"
 EVAL_SPLIT = "test"
 TRAIN_SPLIT = "train"
 EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes use their own stream, shared by all algorithms
-
-
-class RunFailed(RuntimeError):
-    """The run could not finish (diverging loss, ...): one line for the user and the failed-run record."""
 
 
 @dataclass

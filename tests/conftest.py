@@ -22,3 +22,11 @@ def _isolated_cache(tmp_path_factory):
     """Keep the tests' mask caches and generated data out of the user's cache, unless one is named."""
     if "FEWSHOT_CELLSEG_CACHE" not in os.environ:
         os.environ["FEWSHOT_CELLSEG_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A small synthetic LIVECell (18 images per line: 11 train, 3 val, 6 test), generated once per session."""
+    from tasks.synth import generate
+
+    return generate(tmp_path_factory.mktemp("synthetic") / "livecell", seed=0, images_per_line=18)
