@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from benchmark.cli import UserError
+from benchmark.errors import UserError
 
 HEADERS = {  # summarize() column -> table header (narrow: the table must fit 80 columns)
     "line": "line", "split": "split", "images": "img", "cells": "cells", "cells_per_image": "per img",
