@@ -238,7 +238,10 @@ def run(
     state, log = resume if resume is not None else (algo.init_state(algo.model.init(config.seed)), [])
     log = list(log)
     state = meta_train(config, data, algo, move_state(state, device), log, device, on_checkpoint, progress)
-    observations, manifests, examples = evaluate(config, data, algo, state, device, progress)
+    try:
+        observations, manifests, examples = evaluate(config, data, algo, state, device, progress)
+    except FloatingPointError as err:
+        raise RunFailed(f"test-time adaptation diverged: {err}") from None
     return RunResult(
         config=config,
         observations=observations,

@@ -46,6 +46,7 @@ def _key(name: str) -> str:
 
 
 _BY_KEY = {_key(line.name): line for line in LINES}
+_BY_KEY[_key("SH-SHY5Y")] = _BY_KEY[_key("SH-SY5Y")]  # the spelling in LIVECell's own README
 
 
 def cell_line(name: str | CellLine) -> CellLine:

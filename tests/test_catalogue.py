@@ -55,3 +55,7 @@ def test_line_of_file():
 def test_cell_lines_are_values():
     assert CellLine("MCF7", "MCF7") == cell_line("mcf7")
     assert {cell_line("bv2"): 1}[cell_line("BV-2")] == 1
+
+
+def test_livecell_readme_spelling_of_sh_sy5y():
+    assert cell_line("SH-SHY5Y").name == "SH-SY5Y"
