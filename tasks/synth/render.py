@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from pycocotools import mask as mask_utils
-from scipy import ndimage
+from scipy import ndimage, special
 
 from tasks.synth.shapes import Cell
 from tasks.synth.styles import Style
@@ -38,6 +38,13 @@ def _band_noise(rng: np.random.Generator, shape, scale: float) -> np.ndarray:
     white = rng.standard_normal(shape, dtype=np.float32)
     band = ndimage.gaussian_filter(white, scale) - ndimage.gaussian_filter(white, 2.5 * scale)
     return band / band.std()
+
+
+def _patches(rng: np.random.Generator, shape, share: float, scale: float) -> np.ndarray:
+    """Weights in [0, 1] that are ~0 on about `share` of the pixels, in smooth patches of size ~`scale` px."""
+    field = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), scale)
+    field /= field.std()
+    return np.clip((field - special.ndtri(share)) / 0.8 + 0.5, 0.0, 1.0)
 
 
 def _drift(rng: np.random.Generator, shape) -> np.ndarray:
@@ -91,8 +98,11 @@ def render(rng: np.random.Generator, style: Style, cells: list[Cell], labels: np
     yy, xx = np.nonzero(inside)  # cells: texture, granules, interior offset, dark inner line, inner halo, nucleus
     lab, d = labels[yy, xx], depth[yy, xx]
     dark_line_at = 3.0 if style.inner_halo else 0.5
+    textured = texture[lab] * (grain[yy, xx] - style.granules * dots[yy, xx])
+    if style.faint:
+        textured *= _patches(rng, shape, style.faint, style.patch_scale)[yy, xx]
     cell_term = (
-        texture[lab] * (grain[yy, xx] - style.granules * dots[yy, xx])
+        textured
         + interior[lab]
         - style.edge * np.exp(-(((d - dark_line_at) / 1.2) ** 2))
         + style.inner_halo * np.exp(-d / 1.5)

@@ -46,11 +46,11 @@ def _radii(rng: np.random.Generator, style: Style, n: int) -> tuple[np.ndarray, 
 def _place(rng: np.random.Generator, style: Style, radii: np.ndarray, width: int, height: int) -> np.ndarray:
     """Centres grown cluster by cluster: a cell buds off a random placed cell, or seeds a new cluster.
 
-    Each cell gets 8 candidate spots (drawn up front); the first one no closer than 0.9 * spacing * (r_i + r_j) to
+    Each cell gets `style.tries` candidate spots (drawn up front); the first one no closer than 0.9 * spacing * (r_i + r_j) to
     any placed cell wins, else the cell is dropped, so a crowded image saturates into confluence instead of piling
     cells up. Dropped cells' rows are NaN.
     """
-    n, tries = len(radii), 8
+    n, tries = len(radii), style.tries
     lo = -0.5 * radii.max()
     new = rng.random((n, tries)) < style.p_new_cluster
     anywhere = rng.uniform((lo, lo), (width - lo, height - lo), (n, tries, 2))
@@ -96,8 +96,10 @@ def _bodies(rng: np.random.Generator, style: Style, radii: np.ndarray, mitotic: 
     return theta, r * (1.0 + style.jitter * rng.normal(size=r.shape))
 
 
-def _clip_to_neighbours(theta, r, centres, radii, neighbours):
-    """Shorten rays that cross the power bisector towards a neighbour (split at the radii's ratio).
+def _clip_to_neighbours(theta, r, centres, radii, neighbours, fill):
+    """Shorten rays that cross the power bisector towards a neighbour (split at the radii's ratio), and lengthen
+    rays that end short of it by less than a factor `fill` [n] up to it, so that packed cells close the gaps
+    between them (flat cells spreading into a confluent sheet; `fill` = 1 only clips).
 
     `neighbours` [n, K] indexes `centres`; index n (cKDTree's "none") marks a missing neighbour.
     """
@@ -110,7 +112,8 @@ def _clip_to_neighbours(theta, r, centres, radii, neighbours):
     cos = np.cos(theta[:, :, None] - np.arctan2(delta[..., 1], delta[..., 0])[:, None, :])
     with np.errstate(divide="ignore", invalid="ignore"):
         limit = np.where(cos > 1e-6, share[:, None, :] / cos, np.inf)
-    return np.maximum(np.minimum(r, limit.min(2)), 0.15 * radii[:, None])
+    reach = limit.min(2)
+    return np.maximum(np.where(reach < fill[:, None] * r, reach, r), 0.15 * radii[:, None])
 
 
 def _with_spikes(rng: np.random.Generator, style: Style, theta, r, radius):
@@ -163,7 +166,8 @@ def cells_for_image(rng: np.random.Generator, style: Style, n: int, width: int, 
     theta, r = _bodies(rng, style, radii, mitotic, n_vertices)
     k = min(9, len(radii))
     neighbours = cKDTree(centres).query(centres, k, distance_upper_bound=4 * radii.max() * style.aspect)[1]
-    r = _clip_to_neighbours(theta, r, centres, radii, neighbours.reshape(len(radii), k)[:, 1:])
+    fill = np.where(mitotic, 1.0, style.fill)
+    r = _clip_to_neighbours(theta, r, centres, radii, neighbours.reshape(len(radii), k)[:, 1:], fill)
     cells = []
     for i, (centre, radius) in enumerate(zip(centres, radii)):
         t, rad = theta[i], r[i]
