@@ -171,7 +171,7 @@ def higher_meta_gradient(algo: Algorithm, params: Params, batch: TaskBatch) -> t
                 diffopt.step(algo.loss_fn(fnet(batch.support_x[t]), batch.support_y[t]))
             loss = algo.loss_fn(fnet(batch.query_x[t]), batch.query_y[t]) / tasks
             loss.backward()
-            total += float(loss)
+            total += float(loss.detach())
     return {name: p.grad for name, p in zip(net.names, net.parameters())}, total
 
 
@@ -275,16 +275,20 @@ def _meta_step_memory_here(config: RunConfig, via_higher: bool, threads: int) ->
     return _rss_mb("VmHWM") - before
 
 
-def meta_step_memory(config: RunConfig, via_higher: bool = False) -> float:
-    """Peak extra memory (MB) of one meta-step of ``config``'s algorithm (or MAML through ``higher``).
+def meta_step_memory(configs: list[tuple[RunConfig, bool]]) -> list[float]:
+    """Peak extra memory (MB) of one meta-step of each ``(configuration, via_higher)``: the configuration's
+    algorithm, or second-order MAML through ``higher`` where ``via_higher``.
 
-    Measured in a fresh process, after the data, model and batch are in memory: on CPU, the peak RSS
-    (``VmHWM``, reset just before) minus the RSS before the step; on a GPU, the peak of
-    ``torch.cuda.max_memory_allocated`` minus what was allocated before. A fresh process per measurement
-    keeps one variant's freed-but-cached memory from hiding the next one's.
+    Each is measured in a fresh process (so one variant's freed-but-cached memory cannot hide the next one's),
+    as many at a time as there are CPUs, after the data, model and batch are in memory and one warm-up step
+    on a small image: on CPU, the peak RSS (``VmHWM``, reset just before) minus the RSS before the step; on a
+    GPU, the peak of ``torch.cuda.max_memory_allocated`` minus what was allocated before.
     """
-    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(_meta_step_memory_here, config, via_higher, torch.get_num_threads()).result()
+    workers = max(1, min(len(configs), os.cpu_count() or 1))
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
+        threads = max(1, torch.get_num_threads() // workers)
+        futures = [pool.submit(_meta_step_memory_here, config, via_higher, threads) for config, via_higher in configs]
+        return [future.result() for future in futures]
 
 
 # -- the whole bench ---------------------------------------------------------------------------------------
@@ -355,7 +359,7 @@ def measure(
                 "ratio_to_n1B": float(ratios.median()),
                 "ratio_min": float(ratios.min()),
                 "ratio_max": float(ratios.max()),
-                "peak_mem_mb": meta_step_memory(config) if memory else None,
+                "peak_mem_mb": None,
             }
         )
     higher_result = None
@@ -374,7 +378,7 @@ def measure(
                 "ratio_to_n1B": float(ratios.median()),
                 "ratio_min": float(ratios.min()),
                 "ratio_max": float(ratios.max()),
-                "peak_mem_mb": meta_step_memory(maml_config, via_higher=True) if memory else None,
+                "peak_mem_mb": None,
             }
         )
         ours_grad = meta_gradient(algos[maml_label], states[maml_label], batch)
@@ -386,6 +390,11 @@ def measure(
             "rounds": int(len(ours_over_higher)),
             "gradient": gradient_agreement(ours_grad, theirs_grad),
         }
+
+    if memory:
+        probes = [(variants[label], False) for label in variants] + ([(variants[maml_label], True)] if compare_higher else [])
+        for row, peak in zip(rows, meta_step_memory(probes)):
+            row["peak_mem_mb"] = peak
 
     batched_scores = adapt_and_score(evaluator, eval_state, episodes)
     single_scores = torch.cat([adapt_and_score(evaluator, eval_state, s) for s in singles], dim=1)

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from benchmark.cli import UserError
+from benchmark.errors import UserError
 from benchmark.commands.options import _option, add_config_options, config_from_args
 
 SWEEP_KS = (1, 3)
@@ -89,6 +89,8 @@ def main(args: argparse.Namespace) -> int:
             console.print_json(json.dumps({"variant": label, **config.to_dict(), "run_id": config.run_id}))
         return 0
     if args.compare_higher:
+        if not any(config.algo == "maml" for config in variants.values()):
+            raise UserError("--compare-higher compares against second-order MAML: include maml in --algos")
         if importlib.util.find_spec("higher") is None:
             raise UserError("--compare-higher needs the 'higher' package: pip install higher (the 'bench' extra)")
     from rich.progress import Progress
