@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from pycocotools import mask as mask_utils
-from scipy import ndimage, special
+from scipy import ndimage
 
 from tasks.synth.shapes import Cell
 from tasks.synth.styles import Style
@@ -40,11 +40,19 @@ def _band_noise(rng: np.random.Generator, shape, scale: float) -> np.ndarray:
     return band / band.std()
 
 
-def _patches(rng: np.random.Generator, shape, share: float, scale: float) -> np.ndarray:
-    """Weights in [0, 1] that are ~0 on about `share` of the pixels, in smooth patches of size ~`scale` px."""
-    field = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), scale)
-    field /= field.std()
-    return np.clip((field - special.ndtri(share)) / 0.8 + 0.5, 0.0, 1.0)
+def _flat_weights(rng: np.random.Generator, style: Style, cells: list[Cell], lab, yy, xx) -> np.ndarray:
+    """Texture weights in [0, 1] at cell pixels (yy, xx) with labels `lab`: ~0 on a share `style.faint` of them.
+
+    Flat parts come in smooth patches of size ~`style.patch_scale` px and, by `style.centred`, towards the cell's
+    rim, so texture gathers around the nucleus while the spread periphery stays flat, as in real flat cells.
+    """
+    field = ndimage.gaussian_filter(rng.standard_normal((yy.max() + 1, xx.max() + 1), dtype=np.float32), style.patch_scale)
+    field = field[yy, xx] / field.std()
+    centre = np.array([(0.0, 0.0)] + [c.centre for c in cells])
+    radius = np.r_[1.0, [c.radius for c in cells]]
+    rim = np.hypot(xx - centre[lab, 0], yy - centre[lab, 1]) / radius[lab]
+    score = field - style.centred * rim
+    return np.clip((score - np.quantile(score, style.faint)) / 0.8 + 0.5, 0.0, 1.0)
 
 
 def _drift(rng: np.random.Generator, shape) -> np.ndarray:
@@ -100,7 +108,7 @@ def render(rng: np.random.Generator, style: Style, cells: list[Cell], labels: np
     dark_line_at = 3.0 if style.inner_halo else 0.5
     textured = texture[lab] * (grain[yy, xx] - style.granules * dots[yy, xx])
     if style.faint:
-        textured *= _patches(rng, shape, style.faint, style.patch_scale)[yy, xx]
+        textured *= _flat_weights(rng, style, cells, lab, yy, xx)
     cell_term = (
         textured
         + interior[lab]
