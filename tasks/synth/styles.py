@@ -50,8 +50,8 @@ class Style:
 
 STYLES: dict[str, Style] = {
     "A172": Style(
-        cells=(120, 200), days=3, p_new_cluster=0.35, spacing=0.9, tries=12,
-        area=1000, area_sigma=0.5, aspect=1.8, roughness=0.12, jitter=0.04,
+        cells=(150, 200), days=3, p_new_cluster=0.35, spacing=0.9, tries=12,
+        area=1100, area_sigma=0.5, aspect=1.8, roughness=0.12, jitter=0.04,
         spikes=0.9, spike_length=(0.5, 1.5), spike_width=2.5, spike_branch=0.2, fill=1.0,
         texture=9, texture_scale=0.8, faint=0.5, patch_scale=6, centred=2.5, granules=0.8, interior=-1, edge=8, halo=10, halo_width=1.2,
         inner_halo=0, nucleus=0, mitotic=0.0,
@@ -85,23 +85,23 @@ STYLES: dict[str, Style] = {
         inner_halo=0, nucleus=8, mitotic=0.02,
     ),
     "SH-SY5Y": Style(
-        cells=(180, 400), days=3, p_new_cluster=0.2, spacing=1.0, tries=10,
-        area=260, area_sigma=0.55, aspect=1.5, roughness=0.08, jitter=0.03,
+        cells=(260, 400), days=3, p_new_cluster=0.2, spacing=1.0, tries=20,
+        area=290, area_sigma=0.8, aspect=1.5, roughness=0.08, jitter=0.03,
         spikes=1.2, spike_length=(1.0, 2.5), spike_width=2.0, spike_branch=0.35, fill=1.0,
         texture=10, texture_scale=1.0, faint=0.2, patch_scale=4, centred=1.0, granules=1.2, interior=-1, edge=8, halo=10, halo_width=1.2,
         inner_halo=0, nucleus=0, mitotic=0.0,
     ),
     "SkBr3": Style(
-        cells=(120, 300), days=3, p_new_cluster=0.5, spacing=1.05, tries=8,
-        area=300, area_sigma=0.4, aspect=1.08, roughness=0.02, jitter=0.03,
+        cells=(170, 300), days=3, p_new_cluster=0.5, spacing=1.05, tries=8,
+        area=300, area_sigma=0.45, aspect=1.08, roughness=0.02, jitter=0.03,
         spikes=0.0, spike_length=(0, 0), spike_width=0, spike_branch=0, fill=1.0,
         texture=10, texture_scale=1.0, faint=0.2, patch_scale=4, centred=0, granules=1.5, interior=-6, edge=14, halo=6, halo_width=1.0,
         inner_halo=30, nucleus=0, mitotic=0.0,
     ),
     "SK-OV-3": Style(
-        cells=(60, 340), days=3, p_new_cluster=0.25, spacing=0.75, tries=24,
-        area=1250, area_sigma=0.4, aspect=1.7, roughness=0.15, jitter=0.04,
-        spikes=0.6, spike_length=(0.4, 1.2), spike_width=3.0, spike_branch=0.1, fill=1.2,
+        cells=(60, 380), days=3, p_new_cluster=0.25, spacing=0.6, tries=40,
+        area=1650, area_sigma=0.4, aspect=1.7, roughness=0.15, jitter=0.04,
+        spikes=0.6, spike_length=(0.4, 1.2), spike_width=3.0, spike_branch=0.1, fill=1.1,
         texture=5, texture_scale=1.5, faint=0.5, patch_scale=6, centred=2.0, granules=0.3, interior=0, edge=5, halo=7, halo_width=1.5,
         inner_halo=0, nucleus=10, mitotic=0.04,
     ),
