@@ -192,7 +192,7 @@ class Algorithm(abc.ABC):
 
         Looped, the outer derivative is taken by ordinary autograd, task by task, each task's graph
         freed before the next (measured ~20% faster on CPU than nesting ``torch.func.grad`` around the
-        inner ``torch.func.grad``, with bitwise-identical results). Vmapped, by ``torch.func.grad``
+        inner ``torch.func.grad``; the same gradients up to rounding). Vmapped, by ``torch.func.grad``
         under ``vmap``, all T graphs alive at once (ordinary autograd around a ``vmap`` gives wrong
         second derivatives through batch-statistics BatchNorm in torch 2.14: caught by the tests)."""
         tasks = per_task[0].shape[0]
