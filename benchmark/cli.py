@@ -27,13 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"benchmark.commands.{name}")
-        except ModuleNotFoundError as err:  # a command whose module is not written yet
-            if err.name != f"benchmark.commands.{name}":
-                raise
-            continue
-        module.add_parser(sub)
+        importlib.import_module(f"benchmark.commands.{name}").add_parser(sub)
     return parser
 
 
