@@ -27,7 +27,7 @@ from tasks.synth.render import rasterise, render
 from tasks.synth.shapes import cell_count, cells_for_image
 from tasks.synth.styles import style_of
 
-GENERATOR_VERSION = "4"
+GENERATOR_VERSION = "5"
 DEFAULT_IMAGES_PER_LINE = 24
 MAX_IMAGES_PER_LINE = 200  # well x location x crop x timepoint names stay plentiful
 WELL_ROWS, WELL_COLUMNS = "ABCDEFGH", range(1, 13)

@@ -167,7 +167,8 @@ def cells_for_image(rng: np.random.Generator, style: Style, n: int, width: int, 
     k = min(9, len(radii))
     neighbours = cKDTree(centres).query(centres, k, distance_upper_bound=4 * radii.max() * style.aspect)[1]
     fill = np.where(mitotic, 1.0, style.fill)
-    r = _clip_to_neighbours(theta, r, centres, radii, neighbours.reshape(len(radii), k)[:, 1:], fill)
+    clipped = _clip_to_neighbours(theta, r, centres, radii, neighbours.reshape(len(radii), k)[:, 1:], fill)
+    r = np.where(mitotic[:, None], r, clipped)  # mitotic cells round up on top of their neighbours: never clipped
     cells = []
     for i, (centre, radius) in enumerate(zip(centres, radii)):
         t, rad = theta[i], r[i]
