@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,12 +58,20 @@ class RunConfig:
     eval_batch: int = 8  # episodes adapted together (vmap over episodes)
     # execution
     device: str = "cpu"
-    checkpoint_every: int = 25
+    checkpoint_every: int = field(default=25, compare=False)  # changes no number: not part of the run id
     preset: str = field(default="default", compare=False)  # provenance only; not part of the run id
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.name != "algo_options":
+                object.__setattr__(self, f.name, _checked(f.name, getattr(self, f.name)))
         object.__setattr__(self, "holdout", cell_line(self.holdout).name)
+        if self.data_root is not None:
+            object.__setattr__(self, "data_root", str(Path(self.data_root).expanduser().resolve()))
+        if not DEVICE.fullmatch(self.device):
+            raise ConfigError(f"invalid device {self.device!r}; use cpu, cuda, cuda:N or auto")
         checks = {
+            "seed": self.seed >= 0,
             "k": self.k >= 1,
             "query_size": self.query_size >= 1,
             "inner_steps": self.inner_steps >= 0,
@@ -91,15 +100,39 @@ class RunConfig:
         return d
 
     @property
+    def data_identity(self) -> str:
+        """What data the numbers come from: the real root's absolute path, or the synthetic generator's version."""
+        if self.data_root is not None:
+            return self.data_root
+        from tasks.synth import GENERATOR_VERSION
+
+        return f"synthetic-v{GENERATOR_VERSION}"
+
+    @property
     def run_id(self) -> str:
-        """Readable prefix plus a hash of every field that can change the numbers."""
+        """Readable prefix plus a hash of every field that can change the numbers, and of the data."""
         identity = {f.name: v for f, v in zip(dataclasses.fields(self), dataclasses.astuple(self)) if f.compare}
         identity["algo_options"] = sorted(self.algo_options)
+        identity["data_root"] = self.data_identity
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"{self.algo}-{cell_line(self.holdout).prefix}-k{self.k}-s{self.seed}-{digest}"
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+DEVICE = re.compile(r"cpu|auto|cuda(:\d+)?|mps")
+OPTIONAL = {"crop": int, "data_root": str, "encoder_weights": str}  # the fields that may be None
+
+
+def _checked(name: str, value: Any) -> Any:
+    """``value`` as the type of field ``name`` (an int is a valid float), or a ConfigError naming the field."""
+    kind = OPTIONAL.get(name) or type(FIELDS[name].default)
+    if value is None and name in OPTIONAL:
+        return None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ConfigError(f"invalid value for {name}: {value!r} (expected {kind.__name__})")
+    return value
 
 HELP = {
     "algo": "algorithm name (see algorithms.available())",
@@ -141,11 +174,22 @@ def read_toml(path: Path) -> dict[str, Any]:
             table = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config file ({err.strerror})") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: invalid TOML: {err}") from None
     unknown = sorted(set(table) - set(FIELDS) - {"algorithms"})
     if unknown:
         raise ConfigError(f"{path}: unknown setting {unknown[0]!r}")
+    algorithms = table.get("algorithms", {})
+    if not isinstance(algorithms, dict) or not all(isinstance(t, dict) for t in algorithms.values()):
+        raise ConfigError(f"{path}: 'algorithms' must hold one [algorithms.NAME] table per algorithm")
+    for name, value in table.items():
+        if name != "algorithms":
+            try:
+                _checked(name, None if value == "none" and name in OPTIONAL else value)
+            except ConfigError as err:
+                raise ConfigError(f"{path}: {err}") from None
     return table
 
 

@@ -11,7 +11,8 @@ from typing import Any
 from rich.progress import Progress
 
 from benchmark.config import RunConfig
-from benchmark.runner import HELD_OUT, SEEN, RunFailed, RunResult, run
+from benchmark.errors import RunFailed
+from benchmark.runner import HELD_OUT, SEEN, RunResult, run
 from benchmark.stats import mean_ci
 from benchmark.store import Store
 from tasks.errors import DataError
@@ -37,8 +38,8 @@ def execute(config: RunConfig, store: Store, *, force: bool = False, progress: P
     """Run ``config`` unless the store already holds it finished; return its summary (``skipped`` marks a hit)."""
     if store.is_complete(config.run_id) and not force:
         return {**store.summary(config.run_id), "skipped": True}
-    store.start(config)
-    resume = None if force else store.resume_point(config)
+    store.start(config, fresh=force)
+    resume = store.resume_point(config)
     started = time.perf_counter()
     try:
         result = run(
@@ -47,8 +48,8 @@ def execute(config: RunConfig, store: Store, *, force: bool = False, progress: P
             on_checkpoint=lambda algo, state, log: store.checkpoint(config, algo, state, log),
             progress=progress,
         )
-    except (RunFailed, DataError) as err:
-        store.fail(config, str(err), time.perf_counter() - started)
+    except Exception as err:  # recorded as failed; an interrupt (KeyboardInterrupt) leaves the checkpoints to resume
+        store.fail(config, str(err) if isinstance(err, (RunFailed, DataError)) else f"{type(err).__name__}: {err}", time.perf_counter() - started)
         raise
     store.finish(result, headline(result))
     return {**store.summary(config.run_id), "skipped": False, "resumed_from": resume[0].step if resume else 0}

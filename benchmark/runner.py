@@ -77,6 +77,9 @@ def build(config: RunConfig) -> Algorithm:
             encoder_weights=config.encoder_weights,
         )
     )
+    options = dict(config.options)
+    if "seed" in algorithms.registry.hyperparameters(config.algo):
+        options.setdefault("seed", config.seed)  # an algorithm's own randomness follows the run's seed
     return algorithms.create(
         config.algo,
         model,
@@ -86,7 +89,7 @@ def build(config: RunConfig) -> Algorithm:
         outer_optimizer=config.outer_optimizer,
         outer_lr=config.outer_lr,
         task_batching=config.task_batching,
-        **config.options,
+        **options,
     )
 
 
@@ -232,6 +235,8 @@ def run(
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     device = device_of(config)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     data = open_livecell(config.data_root)
     check_feasible(config, data)
     algo = build(config)

@@ -21,7 +21,7 @@ import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,20 +29,20 @@ import pandas as pd
 from algorithms import Algorithm, MetaState, load_checkpoint, save_checkpoint
 from benchmark.config import RunConfig
 from benchmark.runner import RunResult
+from tasks.cache import atomic_write
 
 COMPLETED, FAILED = "completed", "failed"
 PACKAGES = ("torch", "segmentation-models-pytorch", "numpy", "scipy", "pandas", "pycocotools", "fewshot-cellseg")
 
 
-def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call ``write(tmp)`` then rename over ``path``: readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n"))
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2, default=str) + "\n").encode()))
+
+
+def write_csv(path: Path, table: pd.DataFrame) -> None:
+    """CSV, gzip-compressed (reproducibly: no timestamp in the header) when the name ends in .gz."""
+    compression = {"method": "gzip", "mtime": 0} if path.suffix == ".gz" else None
+    atomic_write(path, lambda f: table.to_csv(f, index=False, compression=compression))
 
 
 def provenance(device: str) -> dict[str, Any]:
@@ -92,12 +92,18 @@ class Store:
         return [s for s in found if s]
 
     # during a run -------------------------------------------------------------------------------------
-    def start(self, config: RunConfig) -> Path:
-        """Make the run folder and record the configuration; drops a stale summary (a forced rerun)."""
+    def start(self, config: RunConfig, fresh: bool = False) -> Path:
+        """Make the run folder and record the configuration. Drops a stale summary; ``fresh`` (a forced rerun)
+        drops the old checkpoint and training log too, so nothing can resume from the previous run."""
         folder = self.run_dir(config.run_id)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "summary.json").unlink(missing_ok=True)
-        write_json(folder / "config.json", {**config.to_dict(), "run_id": config.run_id, **provenance(config.device)})
+        stale = ("summary.json", "checkpoint.pt", "train_log.csv") if fresh else ("summary.json",)
+        for name in stale:
+            (folder / name).unlink(missing_ok=True)
+        write_json(
+            folder / "config.json",
+            {**config.to_dict(), "run_id": config.run_id, "data": config.data_identity, **provenance(config.device)},
+        )
         return folder
 
     def checkpoint(self, config: RunConfig, algorithm: Algorithm, state: MetaState, log: list[dict]) -> None:
@@ -120,16 +126,17 @@ class Store:
         config = result.config
         folder = self.run_dir(config.run_id)
         self.checkpoint(config, result.algorithm, result.state, result.train_log)
-        atomic_write(folder / "observations.csv.gz", lambda tmp: result.observations.to_csv(tmp, index=False, compression="gzip"))
-        atomic_write(folder / "episodes.csv.gz", lambda tmp: result.episodes.to_csv(tmp, index=False, compression="gzip"))
-        atomic_write(folder / "manifests.json.gz", lambda tmp: tmp.write_bytes(gzip.compress(json.dumps(result.manifests).encode(), mtime=0)))
-        atomic_write(folder / "examples.npz", lambda tmp: _savez(tmp, result.examples))
+        write_csv(folder / "observations.csv.gz", result.observations)
+        write_csv(folder / "episodes.csv.gz", result.episodes)
+        atomic_write(folder / "manifests.json.gz", lambda f: f.write(gzip.compress(json.dumps(result.manifests).encode(), mtime=0)))
+        atomic_write(folder / "examples.npz", lambda f: np.savez_compressed(f, **result.examples))
         write_json(
             folder / "summary.json",
             {
                 "run_id": config.run_id,
                 "status": COMPLETED,
                 "config": config.to_dict(),
+                "data": config.data_identity,
                 "wall_s": round(result.wall_s, 2),
                 "peak_mem_mb": round(result.peak_mem_mb, 1),
                 "passes": result.passes,
@@ -145,14 +152,16 @@ class Store:
         folder.mkdir(parents=True, exist_ok=True)
         write_json(
             folder / "summary.json",
-            {"run_id": config.run_id, "status": FAILED, "config": config.to_dict(), "wall_s": round(wall_s, 2), "error": error},
+            {
+                "run_id": config.run_id,
+                "status": FAILED,
+                "config": config.to_dict(),
+                "data": config.data_identity,
+                "wall_s": round(wall_s, 2),
+                "error": error,
+            },
         )
 
 
 def write_train_log(path: Path, log: list[dict]) -> None:
-    atomic_write(path, lambda tmp: pd.DataFrame(log, columns=["step", "loss", "passes"]).to_csv(tmp, index=False))
-
-
-def _savez(tmp: Path, arrays: dict[str, np.ndarray]) -> None:
-    with open(tmp, "wb") as fh:  # a file object keeps numpy from appending ".npz" to the temporary name
-        np.savez_compressed(fh, **arrays)
+    write_csv(path, pd.DataFrame(log, columns=["step", "loss", "passes"]))

@@ -21,23 +21,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
 
 import numpy as np
 
+from tasks.cache import atomic_write, cache_root
 from tasks.errors import DataError
 
 PARSE_VERSION = 2  # bump when the parsed form or the quirk rules change
-
-
-def cache_root() -> Path:
-    """Where derived data lives: $FEWSHOT_CELLSEG_CACHE, else ~/.cache/fewshot-cellseg."""
-    env = os.environ.get("FEWSHOT_CELLSEG_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "fewshot-cellseg"
 
 
 @dataclass(frozen=True)
@@ -118,19 +111,6 @@ def file_digest(path: Path) -> str:
     memo[key] = [*stamp, digest]
     atomic_write(memo_path, lambda f: f.write(json.dumps(memo).encode()))
     return digest
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """``write(file)`` into a temporary sibling, then rename it over ``path``: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_json(path: Path) -> dict:

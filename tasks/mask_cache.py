@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from tasks.coco import CocoIndex, atomic_write, cache_root
+from tasks.cache import atomic_write, cache_root
+from tasks.coco import CocoIndex
 
 MIN_CELL_PIXELS = 10
 MASK_VERSION = f"3-min{MIN_CELL_PIXELS}"  # bump when the rasterisation rules or the file format change

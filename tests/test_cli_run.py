@@ -94,7 +94,10 @@ def test_diverging_loss_fails_the_run_with_one_line(synthetic_root, tmp_path, ca
         (["--preset", "huge"], "unknown preset 'huge'"),
         (["--k", "9"], "MCF7 has 6 test images"),
         (["--config", "/nonexistent/x.toml"], "x.toml: config file not found"),
-        (["--loss", "l2"], "l2"),
+        (["--loss", "l2"], "unknown loss 'l2'; valid: dice, bce, bce_dice"),
+        (["--opt", "epsilon=2"], "epsilon must be a number in (0, 1]"),
+        (["--device", "gpu"], "invalid device 'gpu'"),
+        (["--seed", "-1"], "invalid value for seed: -1"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(synthetic_root, tmp_path, capsys, extra, message):
@@ -102,6 +105,24 @@ def test_bad_input_is_one_line_and_nonzero(synthetic_root, tmp_path, capsys, ext
     assert main(args + extra) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_typed_settings_in_a_config_file_are_checked(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("holdout = 5\n")
+    assert main(["run", "--preset", "smoke", "--config", str(bad), "--print-config"]) == 2
+    assert "bad.toml: invalid value for holdout: 5 (expected str)" in capsys.readouterr().err
+
+
+def test_force_starts_afresh_even_if_interrupted_before_its_first_checkpoint(synthetic_root, tmp_path):
+    config = smoke(synthetic_root, algo="fomaml")
+    store = Store(tmp_path)
+    execute(config, store)
+    store.checkpoint = lambda *args: (_ for _ in ()).throw(KeyboardInterrupt)  # interrupted at once
+    with pytest.raises(KeyboardInterrupt):
+        execute(config, store, force=True)
+    assert not (store.run_dir(config.run_id) / "checkpoint.pt").exists()
+    assert store.resume_point(config) is None  # nothing left to resume from the previous run
 
 
 def test_sweep_runs_a_grid_on_identical_episodes_and_resumes(synthetic_root, tmp_path, capsys):
@@ -117,3 +138,12 @@ def test_sweep_runs_a_grid_on_identical_episodes_and_resumes(synthetic_root, tmp
     capsys.readouterr()
     assert main(args) == 0
     assert "2 already finished, 0 to run" in capsys.readouterr().out
+    assert main(args + ["--holdouts", "bv2,BV-2"]) == 0  # a line named twice is one run
+    assert "2 runs, 2 already finished" in capsys.readouterr().out
+
+    # the report reads what the store wrote
+    assert main(["report", "--results", str(tmp_path)]) == 0
+    index = (tmp_path / "report.md").read_text()
+    assert "fomaml" in index and "finetune" in index
+    assert (tmp_path / "tables" / "leave_one_line_out.csv").is_file()
+    assert (tmp_path / "plots" / "held_out_bars.png").stat().st_size > 0

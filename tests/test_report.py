@@ -67,6 +67,7 @@ def write_results(
                     config = {"algo": algo, "holdout": holdout, "k": k, "seed": seed, "preset": preset,
                               "data_root": data_root, "inner_steps": steps}
                     summary = {"run_id": run_id, "status": status, "config": config, "wall_s": 1.0,
+                               "data": data_root or "synthetic-v6",
                                "peak_mem_mb": 100.0, "passes": 10, "error": None}
                     (folder / "summary.json").write_text(json.dumps(summary))
                     if examples:
@@ -286,13 +287,17 @@ def test_cli_refuses_a_folder_that_is_not_a_results_folder(tmp_path, capsys):
     assert "no completed runs" in _error_line(capsys, ["report", "--results", str(tmp_path)])
 
 
-def test_mixed_presets_data_and_duplicate_runs_are_refused(tmp_path, capsys):
-    write_results(tmp_path / "a", algos=("maml",), holdouts=("MCF7",), ks=(1,), preset="default")
-    write_results(tmp_path / "a", algos=("finetune",), holdouts=("MCF7",), ks=(1,), preset="smoke")
-    assert "several presets (default, smoke)" in _error_line(capsys, ["report", "--results", str(tmp_path / "a")])
+def test_mixed_settings_data_and_duplicate_runs_are_refused(tmp_path, capsys):
+    write_results(tmp_path / "a", algos=("maml",), holdouts=("MCF7",), ks=(1,), steps=3)
+    write_results(tmp_path / "a", algos=("finetune",), holdouts=("MCF7",), ks=(1,), steps=5)
+    assert "different settings (inner_steps: 5 vs 3" in _error_line(capsys, ["report", "--results", str(tmp_path / "a")])
     write_results(tmp_path / "c", algos=("maml",), holdouts=("MCF7",), ks=(1,), data_root="/data/livecell")
     write_results(tmp_path / "c", algos=("finetune",), holdouts=("MCF7",), ks=(1,))
-    assert "different data (/data/livecell, synthetic)" in _error_line(capsys, ["report", "--results", str(tmp_path / "c")])
+    assert "data: 'synthetic-v6' vs '/data/livecell'" in _error_line(capsys, ["report", "--results", str(tmp_path / "c")])
+    # the same settings reached through two presets are one setting
+    write_results(tmp_path / "d", algos=("maml",), holdouts=("MCF7",), ks=(1,), preset="default")
+    write_results(tmp_path / "d", algos=("finetune",), holdouts=("MCF7",), ks=(1,), preset="mine")
+    assert cli_main(["report", "--results", str(tmp_path / "d"), "--out", str(tmp_path / "d-report")]) == 0
     root = write_results(tmp_path / "b", algos=("maml",), holdouts=("MCF7",), ks=(1,))
     twin = root / "runs" / "twin"
     twin.mkdir()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -56,16 +58,26 @@ def add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = 
     )
 
 
-def check_algorithm(name: str) -> None:
+@functools.lru_cache(maxsize=None)
+def check_buildable(config: RunConfig) -> None:
+    """Build the algorithm and model a configuration names (no data needed), so that an unknown algorithm,
+    model, loss, optimiser or option fails at once with one line, not N runs later."""
     import algorithms
+    from benchmark.runner import build
 
-    if name not in algorithms.available():
-        raise ConfigError(f"unknown algorithm {name!r}; valid algorithms: {', '.join(algorithms.available())}")
+    if config.algo not in algorithms.available():
+        raise ConfigError(f"unknown algorithm {config.algo!r}; valid algorithms: {', '.join(algorithms.available())}")
+    build(config)
 
 
 def config_from_args(args: argparse.Namespace, **grid: Any) -> RunConfig:
+    """The configuration the command line asks for, with ``device="auto"`` resolved (it is part of the run id)."""
     overrides = {name: getattr(args, name, None) for name in FIELDS if name not in ("preset",)}
     overrides.update(grid)
     config = resolve(args.preset, args.config, **overrides)
-    check_algorithm(config.algo)
+    if config.device == "auto":
+        import torch
+
+        config = dataclasses.replace(config, device="cuda" if torch.cuda.is_available() else "cpu")
+    check_buildable(dataclasses.replace(config, holdout=RunConfig.holdout, k=1, seed=0))
     return config

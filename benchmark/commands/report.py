@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from benchmark.cli import UserError
+from benchmark.errors import UserError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -26,6 +26,21 @@ def progress_view(console: Console) -> Progress:
     )
 
 
+def prepare_default_data(progress: Progress) -> None:
+    """Generate the synthetic default set on first use (about a minute), with a progress bar; a no-op afterwards."""
+    from tasks.synth import default_root
+
+    task = None
+
+    def report(done: int, total: int) -> None:
+        nonlocal task
+        if task is None:
+            task = progress.add_task("synthetic LIVECell (first use)", total=total)
+        progress.update(task, completed=done)
+
+    default_root(progress=report)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "run",
@@ -68,6 +83,8 @@ def main(args: argparse.Namespace) -> int:
 
     store = Store(args.out)
     with progress_view(console) as progress:
+        if config.data_root is None:
+            prepare_default_data(progress)
         summary = execute(config, store, force=args.force, progress=progress)
     if summary["skipped"]:
         console.print(f"[dim]already finished: {store.run_dir(config.run_id)} (use --force to rerun)[/]")

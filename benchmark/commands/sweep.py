@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -18,9 +19,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmark.cli import UserError
+from benchmark.errors import UserError
 from benchmark.commands.options import add_config_options, config_from_args
-from benchmark.commands.run import progress_view
+from benchmark.commands.run import prepare_default_data, progress_view
 from benchmark.config import RunConfig
 from tasks.catalogue import LINES, cell_line
 
@@ -58,10 +59,11 @@ def grid(args: argparse.Namespace) -> list[RunConfig]:
     if args.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {args.jobs}")
     # held-out line outermost: a partial sweep already holds complete, paired comparisons for the first lines
-    return [
+    configs = [
         config_from_args(args, algo=algo, holdout=holdout, k=k, seed=seed)
         for holdout, k, seed, algo in itertools.product(holdouts, args.ks, args.seeds, algos)
     ]
+    return list({config.run_id: config for config in configs}.values())  # a line or seed named twice runs once
 
 
 def _worker_init(threads: int) -> None:
@@ -84,8 +86,7 @@ def main(args: argparse.Namespace) -> int:
     configs = grid(args)
     console = Console()
     if args.print_config:
-        for config in configs:
-            console.print(config.run_id)
+        console.print_json(json.dumps([{**config.to_dict(), "run_id": config.run_id} for config in configs]))
         return 0
     from benchmark.store import Store
 
@@ -96,8 +97,11 @@ def main(args: argparse.Namespace) -> int:
     results: list[dict] = []
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     with progress_view(console) as progress, ProcessPoolExecutor(
-        args.jobs, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads,)
+        args.jobs, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads,),
+        max_tasks_per_child=1,  # a fresh process per run: its peak memory is its own
     ) as pool:
+        if any(c.data_root is None for c in todo):
+            prepare_default_data(progress)  # once, before the workers all need it
         overall = progress.add_task("sweep", total=len(todo))
         pending: dict[Future, RunConfig] = {pool.submit(_execute_in_worker, c, args.out, args.force): c for c in todo}
         try:

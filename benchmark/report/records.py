@@ -1,9 +1,10 @@
 """Read what the store wrote: the completed runs of a results folder and their per-episode records.
 
 Only runs whose ``summary.json`` says ``"completed"`` count; failed or unfinished runs are left out, so
-the report works on a partial sweep. A report pools runs of one setting only: runs from several
-presets or data roots, or two runs of the same (algorithm, held-out line, k, seed), are refused
-rather than mixed.
+the report works on a partial sweep. A report pools runs of one setting only: runs whose
+configurations differ in anything but the grid (algorithm and its own options, held-out line, k,
+seed) or whose data differ, or two runs of the same (algorithm, held-out line, k, seed), are refused
+rather than mixed: only then are episodes with the same index the same episodes, and pairs real.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ EPISODE_FILES = ("episodes.csv", "episodes.csv.gz")
 EPISODE_COLUMNS = ("run_id", "algo", "holdout", "k", "seed", "line", "role", "episode", "step", "iou")
 ROLES = ("held-out", "seen")
 BASELINE = "finetune"
+# what may differ between the runs of one report: the grid, an algorithm's own options, provenance
+PER_RUN = ("algo", "holdout", "k", "seed", "algo_options", "preset", "checkpoint_every", "device")
 
 
 def is_results_folder(path: Path) -> bool:
@@ -27,46 +30,54 @@ def is_results_folder(path: Path) -> bool:
 
 
 def completed_runs(results: Path) -> pd.DataFrame:
-    """One row per completed run: run_id, algo, holdout, k, seed, preset, data_root (None: synthetic), folder."""
-    rows = []
+    """One row per completed run: run_id, algo, holdout, k, seed, preset, data, folder."""
+    rows, settings = [], {}
     for summary_path in sorted(Path(results, "runs").glob("*/summary.json")):
         try:
             summary = json.loads(summary_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise DataError(f"{summary_path}: not valid JSON ({err})") from None
+        if not isinstance(summary, dict):
+            raise DataError(f"{summary_path}: not a run summary (expected a JSON object)")
         if summary.get("status") != "completed":
             continue
-        config = summary.get("config") or {}
+        config = summary.get("config")
+        config = config if isinstance(config, dict) else {}
         missing = [key for key in ("algo", "holdout", "k", "seed") if key not in config]
         if missing:
             raise DataError(f"{summary_path}: config lacks {', '.join(missing)}")
+        try:
+            k, seed = int(config["k"]), int(config["seed"])
+        except (TypeError, ValueError):
+            raise DataError(f"{summary_path}: k and seed must be integers, got {config['k']!r} and {config['seed']!r}") from None
+        settings[summary_path] = {key: v for key, v in config.items() if key not in PER_RUN} | {"data": summary.get("data")}
         rows.append(
             {
                 "run_id": summary.get("run_id", summary_path.parent.name),
                 "algo": config["algo"],
                 "holdout": config["holdout"],
-                "k": int(config["k"]),
-                "seed": int(config["seed"]),
+                "k": k,
+                "seed": seed,
                 "preset": config.get("preset"),
-                "data_root": config.get("data_root"),
+                "data": summary.get("data"),
                 "folder": summary_path.parent,
             }
         )
-    runs = pd.DataFrame(rows, columns=["run_id", "algo", "holdout", "k", "seed", "preset", "data_root", "folder"])
-    _check_one_setting(runs, results)
+    runs = pd.DataFrame(rows, columns=["run_id", "algo", "holdout", "k", "seed", "preset", "data", "folder"])
+    _check_one_setting(runs, settings, results)
     return runs
 
 
-def _check_one_setting(runs: pd.DataFrame, results: Path) -> None:
-    presets = sorted({str(p) for p in runs["preset"]})
-    if len(presets) > 1:
-        raise DataError(
-            f"{results}: completed runs from several presets ({', '.join(presets)}); "
-            "report one preset per results folder (run/sweep --out DIR)"
-        )
-    roots = sorted({"synthetic" if pd.isna(r) else str(r) for r in runs["data_root"]})
-    if len(roots) > 1:
-        raise DataError(f"{results}: completed runs on different data ({', '.join(roots)}); report one data set per results folder")
+def _check_one_setting(runs: pd.DataFrame, settings: dict[Path, dict], results: Path) -> None:
+    if settings:
+        (first_path, first), *others = settings.items()
+        for path, setting in others:
+            differ = sorted(key for key in first.keys() | setting.keys() if first.get(key) != setting.get(key))
+            if differ:
+                raise DataError(
+                    f"{results}: completed runs with different settings ({', '.join(f'{key}: {first.get(key)!r} vs {setting.get(key)!r}' for key in differ[:3])}"
+                    f" in {first_path.parent.name} and {path.parent.name}); report one setting per results folder (run/sweep --out DIR)"
+                )
     duplicated = runs[runs.duplicated(["algo", "holdout", "k", "seed"], keep=False)]
     if len(duplicated):
         first = duplicated.iloc[0]

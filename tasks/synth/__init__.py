@@ -22,13 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from tasks.catalogue import LINES, CellLine
+from tasks.cache import cache_root
 from tasks.synth import layout
 from tasks.synth.render import rasterise, render
 from tasks.synth.shapes import cell_count, cells_for_image
 from tasks.synth.styles import style_of
 
-GENERATOR_VERSION = "5"
-DEFAULT_IMAGES_PER_LINE = 24
+GENERATOR_VERSION = "6"
+DEFAULT_IMAGES_PER_LINE = 32  # 18 train, 5 val, 11 test: a held-out line serves k=3 + 4 queries from 11 images
 MAX_IMAGES_PER_LINE = 200  # well x location x crop x timepoint names stay plentiful
 WELL_ROWS, WELL_COLUMNS = "ABCDEFGH", range(1, 13)
 TRAIN_VAL_WELLS, TEST_WELLS = 3, 2
@@ -164,24 +165,19 @@ def _write_json(path: Path, document: dict) -> None:
     path.write_text(json.dumps(document, separators=(",", ":")))
 
 
-def cache_dir() -> Path:
-    """$FEWSHOT_CELLSEG_CACHE, or ~/.cache/fewshot-cellseg."""
-    return Path(os.environ.get("FEWSHOT_CELLSEG_CACHE") or Path.home() / ".cache" / "fewshot-cellseg")
-
-
-def default_root() -> Path:
+def default_root(progress: Callable[[int, int], None] | None = None) -> Path:
     """The default synthetic dataset (seed 0, default size): generated once per GENERATOR_VERSION, then reused.
 
     It is written into a temporary sibling folder and renamed into place, so a crash or a concurrent caller never
     leaves a half-written dataset under the final name (a racing loser discards its copy and uses the winner's).
     """
-    target = cache_dir() / f"synthetic-{GENERATOR_VERSION}"
+    target = cache_root() / f"synthetic-{GENERATOR_VERSION}"
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        generate(staging)
+        generate(staging, progress=progress)
         os.rename(staging, target)
     except OSError:
         if not target.is_dir():
