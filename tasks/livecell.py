@@ -66,7 +66,7 @@ class LiveCell:
         self._indexes: dict[Path, CocoIndex] = {}
         self._rows: dict[tuple[CellLine, str], tuple[CocoIndex | None, np.ndarray]] = {}
         self._images: dict[tuple[CellLine, str], list[ImageInfo]] = {}
-        self._where: dict[tuple[str, int], tuple[CocoIndex, int]] = {}
+        self._where: dict[tuple[CellLine, str, int], tuple[CocoIndex, int]] = {}  # per-line files may reuse ids
         self._memory = _LRU(memory_bytes)
 
     def __repr__(self) -> str:
@@ -110,7 +110,7 @@ class LiveCell:
                     width=int(index.widths[row]), height=int(index.heights[row]), path=_find_image(folder, line, name, index.path),
                 )
                 infos.append(info)
-                self._where[(split, info.id)] = (index, int(row))
+                self._where[(line, split, info.id)] = (index, int(row))
             self._images[key] = infos
         return list(self._images[key])
 
@@ -166,10 +166,11 @@ class LiveCell:
         return self._rows[key]
 
     def _locate(self, info: ImageInfo) -> tuple[CocoIndex, int]:
-        if (info.split, info.id) not in self._where:
+        key = (info.line, info.split, info.id)
+        if key not in self._where:
             self.images(info.line, info.split)
         try:
-            return self._where[(info.split, info.id)]
+            return self._where[key]
         except KeyError:
             raise DataError(f"{self.root}: image id {info.id} ({info.file_name}) is not in the {info.split} split of {info.line.name}") from None
 
