@@ -16,9 +16,8 @@ gives the baseline the same training budget as first-order MAML.
 from __future__ import annotations
 
 import torch
-from torch.func import grad_and_value
 
-from algorithms.base import Algorithm, MetaState
+from algorithms.base import Algorithm, MetaState, grad_and_loss
 from algorithms.models import Model
 from algorithms.registry import register
 from tasks.batch import TaskBatch
@@ -29,10 +28,13 @@ class FineTune(Algorithm):
     """Minibatch training on the pooled images. ``seed`` fixes the minibatch order (together with the
     meta-step number, so a meta-step stays a function of state and batch). Other hyper-parameters:
     those of :class:`algorithms.base.Algorithm` (``inner_steps`` sets the budget, as above; the
-    inner rate is used only at test time; ``task_batching`` has nothing to batch here)."""
+    inner rate is used only at test time). ``task_batching`` must stay "auto": the pooled images have
+    no task axis to batch over."""
 
     def __init__(self, model: Model, seed: int = 0, **hparams):
         super().__init__(model, **hparams)
+        if self.task_batching != "auto":
+            raise ValueError(f"finetune: task_batching must be auto (pooled images have no task axis), got {self.task_batching!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"finetune: seed must be an integer, got {seed!r}")
         self.seed = seed
@@ -58,8 +60,7 @@ class FineTune(Algorithm):
         for size in sizes:
             pick = order[start : start + size]
             start += size
-            weights = {name: leaf.detach() for name, leaf in params.items()}
-            grads, loss = grad_and_value(self.loss_on)(weights, images[pick], masks[pick])
+            grads, loss = grad_and_loss(self.loss_on, params, images[pick], masks[pick])
             losses.append(self.check_finite(loss, state))
             for name, leaf in params.items():
                 leaf.grad = grads[name]

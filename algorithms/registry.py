@@ -33,9 +33,9 @@ def available() -> list[str]:
 
 def hyperparameters(name: str) -> list[str]:
     """The hyper-parameter names ``create`` accepts for algorithm ``name`` (those of its class and
-    the classes it builds on)."""
+    the classes it builds on), the shared ones first."""
     names: list[str] = []
-    for cls in _lookup(name).__mro__:
+    for cls in reversed(_lookup(name).__mro__):
         if "__init__" not in vars(cls) or cls is object:
             continue
         for param in list(inspect.signature(cls.__init__).parameters.values())[2:]:  # after self, model

@@ -21,9 +21,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.func import grad_and_value
 
-from algorithms.base import Algorithm, MetaState, sgd_step
+from algorithms.base import Algorithm, MetaState, grad_and_loss, sgd_step
 from algorithms.models import Model
 from algorithms.registry import register
 from tasks.batch import TaskBatch
@@ -62,7 +61,7 @@ class Reptile(Algorithm):
         def adapted_params(params, extra, task_images, task_masks):
             fast = params
             for j, pick in enumerate(picks):
-                grads, loss = grad_and_value(self.loss_on)(fast, task_images[pick], task_masks[pick])
+                grads, loss = grad_and_loss(self.loss_on, fast, task_images[pick], task_masks[pick])
                 fast = sgd_step(fast, grads, self.step_size(extra, j))
             return fast, loss
 

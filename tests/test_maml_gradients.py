@@ -82,11 +82,12 @@ def rel_err(a, b):
     return (sum(((a[k] - b[k]) ** 2).sum() for k in a) ** 0.5 / sum((b[k] ** 2).sum() for k in b) ** 0.5).item()
 
 
+@pytest.mark.parametrize("hparams", [{}, {"checkpoint_inner": True}], ids=["plain", "checkpointed"])
 @pytest.mark.parametrize("norm", ["group", "batch"])
-def test_maml_meta_gradient_matches_central_differences(norm):
+def test_maml_meta_gradient_matches_central_differences(norm, hparams):
     model, batch = tiny_unet(norm), random_batch()
     params = float64_params(model)
-    g = meta_gradient("maml", model, params, batch)
+    g = meta_gradient("maml", model, params, batch, **hparams)
     gen = torch.Generator().manual_seed(1)
     h = 1e-6
     for _ in range(3):
