@@ -341,7 +341,9 @@ def measure(
     timers["evaluate batched"] = lambda: adapt_and_score(evaluator, eval_state, episodes)
     timers["evaluate one by one"] = lambda: [adapt_and_score(evaluator, eval_state, single) for single in singles]
 
+    load_before = os.getloadavg()[0]
     times = interleave(timers, repeats, warmup, device, on_round)
+    load_after = os.getloadavg()[0]
     median = medians(times)
 
     rows = []
@@ -407,6 +409,7 @@ def measure(
             "device": str(device),
             "threads": torch.get_num_threads(),
             "cpus": os.cpu_count(),
+            "load_average": [load_before, load_after],  # 1-minute load before and after the timing rounds
             "memory_method": MEMORY_METHODS[device.type] if memory else None,
             "tasks": batch.tasks,
             "k": first.k,

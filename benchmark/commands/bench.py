@@ -135,7 +135,10 @@ def tables(result: dict) -> list[Table]:
     """The bench result for people: meta-steps against B, then throughput, the higher check and the estimate."""
     s = result["settings"]
     height, width = s["image_size"]
-    caption = f"medians over {s['repeats']} repeats after {s['warmup']} warm-up, one process, variants interleaved round by round"
+    caption = (
+        f"medians over {s['repeats']} repeats after {s['warmup']} warm-up, one process, variants interleaved round by round; "
+        f"{s['cpus']} CPUs, load average {s['load_average'][0]:.1f} before, {s['load_average'][1]:.1f} after"
+    )
     steps = Table(
         title=f"meta-step cost · preset {s['preset']} · {s['tasks']} tasks x k={s['k']} (+{s['query_size']} query) "
         f"· {height}x{width} · {s['parameters']:,} parameters · {s['device']}, {s['threads']} threads",
