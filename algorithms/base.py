@@ -24,7 +24,6 @@ the unit ``B`` of the ``bench`` command: first-order MAML costs ``n + 1`` passes
 from __future__ import annotations
 
 import abc
-import copy
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -47,20 +46,19 @@ TASK_BATCHING = ("loop", "vmap", "auto")
 also as a string of digits, e.g. from the CLI).
 
 - ``"loop"``: one task after another, by plain autograd, each task's graph freed before the next: the memory
-  of one task, and the fastest on CPU (the fused kernels of an ordinary backward pass; see ``grad_and_loss``).
+  of one task, and the fused kernels of an ordinary backward pass (see ``grad_and_loss``).
 - ``"vmap"``: all T tasks at once with ``torch.func.vmap`` (one batched kernel per layer). Memory of all T
   tasks at once; for second-order MAML ~2.3x the loop's memory *per task* (8.7 GB against 540 MB at n=10, T=7,
   the reference U-Net).
-- c: chunked vmap, ``ceil(T / c)`` vmap calls of at most c tasks each (c = 1 is the loop's memory profile
-  with vmap's kernels; c >= T is ``"vmap"``).
-- ``"auto"``, the rule: on CPU, ``"loop"`` (measured faster than vmap there for every algorithm once the loop
-  uses plain autograd; its memory is the smallest). On an accelerator, vmap over as many tasks as fit in
-  :data:`TASK_MEMORY_BUDGET_MB`: first-order algorithms (no graph across inner steps) always ``"vmap"``;
-  second-order ones chunks of c = floor(budget / (per-task estimate)), ``"loop"`` when c < 2, ``"vmap"`` when
-  c >= T. The per-task estimate is ``SECOND_ORDER_VMAP_FACTOR`` x n x the bytes one inner step keeps for the
-  outer backward pass, counted once per input shape on one task (a saved-tensor hook around one
-  differentiable inner step). The budget is a constant, not the free memory, so one configuration batches the
-  same way on every machine (and rounds the same way).
+- c: chunked vmap, ``ceil(T / c)`` vmap calls of at most c tasks each (c >= T is ``"vmap"``).
+- ``"auto"``, the rule. First-order algorithms keep no graph across inner steps, so all T tasks always fit:
+  ``"vmap"`` (on CPU the loop is as fast within noise: 1.14-1.38 against 1.26-1.43 x (n+1)B measured).
+  Second-order ones: on CPU ``"loop"`` (vmap there saves ~10% time for ~16x the memory). On an accelerator,
+  vmap over as many tasks as fit in :data:`TASK_MEMORY_BUDGET_MB`: chunks of c = floor(budget / per-task
+  estimate), ``"loop"`` when c < 2, ``"vmap"`` when c >= T. The per-task estimate is
+  :data:`SECOND_ORDER_VMAP_FACTOR` x n x the bytes one differentiable inner step keeps for the outer backward
+  pass, counted once per input shape on one task with a saved-tensor hook. The budget is a constant, not
+  the free memory, so one configuration batches (and rounds) the same way on every machine.
 
 Every choice computes the same gradients up to float rounding (tested: loop == vmap == chunks)."""
 
@@ -317,8 +315,8 @@ class Algorithm(abc.ABC):
         params = {k: v.detach().clone().requires_grad_(True) for k, v in state.params.items()}
         extra = {k: v.detach().clone().requires_grad_(True) for k, v in state.extra.items()}
         optimizer = self.optimizer_cls([*params.values(), *extra.values()], lr=self.outer_lr)
-        if state.optimizer:
-            optimizer.load_state_dict(copy.deepcopy(state.optimizer))
+        if state.optimizer:  # its tensors cloned: load_state_dict keeps them, and step() updates them in place
+            optimizer.load_state_dict(pytree.tree_map_only(Tensor, torch.clone, state.optimizer))
         return optimizer, params, extra
 
     def close_optimizer(self, state: MetaState, optimizer, params: Params, extra: dict[str, Tensor]) -> MetaState:
@@ -354,21 +352,29 @@ class Algorithm(abc.ABC):
         graph kept: each step's gradient is computed and dropped.
         """
         episodes = support_x.shape[0]
-        fast = {k: v.detach().expand(episodes, *v.shape) for k, v in state.params.items()}
-        yield 0, fast
+        theta = {k: v.detach() for k, v in state.params.items()}
+        yield 0, {k: v.expand(episodes, *v.shape) for k, v in theta.items()}
 
         def one_step(params, x, y, rate):
-            grads, loss = grad_and_value(self.loss_on)(params, x, y)
+            grads, loss = grad_and_loss(self.loss_on, params, x, y)
             return sgd_step(params, grads, rate), loss
 
+        # The first step starts every episode from the same theta: unbatched weights (in_dims None) give
+        # plain kernels over all E x k images instead of E-group convolutions.
+        fast, params_dim = theta, None
         for i in range(self.inner_steps):
             rate = self.step_size(state.extra, i)
-            fast, losses = vmap(one_step, in_dims=(0, 0, 0, None))(fast, support_x, support_y, rate)
+            fast, losses = vmap(one_step, in_dims=(params_dim, 0, 0, None))(fast, support_x, support_y, rate)
+            params_dim = 0
             if not bool(torch.isfinite(losses).all()):
                 raise FloatingPointError(f"{self.name}: support loss is {losses.tolist()} at adaptation step {i + 1}")
             yield i + 1, fast
 
     def predict(self, params: Params, query_x: Tensor) -> Tensor:
         """Logits [E, q, 1, H, W] of each episode's adapted ``params`` (leading dim E) on its queries."""
+        # Weights that are one tensor expanded over episodes (step 0 of ``adapt``) run unbatched.
+        shared = all(v.dim() > 0 and v.stride(0) == 0 for v in params.values())
         with torch.no_grad():
+            if shared:
+                return vmap(self.model.apply, in_dims=(None, 0))({k: v[0] for k, v in params.items()}, query_x)
             return vmap(self.model.apply)(params, query_x)
