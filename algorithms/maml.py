@@ -17,8 +17,9 @@ Memory. The inner loop's activations of all n steps are kept for the outer backw
 grows linearly with n (and with T when tasks are ``vmap``'d: see ``task_batching``). With
 ``checkpoint_inner=True`` each inner step is wrapped in ``torch.utils.checkpoint`` (non-reentrant):
 only the weights phi_j between steps are kept, and a step's activations are recomputed when the outer
-backward pass reaches it. That is one more forward-backward pass per inner step (measured ~1.3x the
-time) for the memory of about one inner step instead of n; the gradient is the same, bit for bit.
+backward pass reaches it. That is one more forward-backward pass per inner step (~1.33x by count, measured 1.55x
+on a loaded 2-core CPU) for the memory of about one inner step instead of n (110 MB against 521 MB at
+n=10); the gradient is the same, bit for bit.
 """
 
 from __future__ import annotations
