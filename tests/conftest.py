@@ -30,3 +30,14 @@ def synthetic_root(tmp_path_factory) -> Path:
     from tasks.synth import generate
 
     return generate(tmp_path_factory.mktemp("synthetic") / "livecell", seed=0, images_per_line=18)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """The tests' models are tiny: they run fastest on one thread, and the machine's two cores are shared."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

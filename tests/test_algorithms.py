@@ -12,15 +12,6 @@ from algorithms.reptile import Reptile
 from tasks.batch import TaskBatch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def disc_tasks(tasks: int, k: int, q: int, size: int = 16, seed: int = 0) -> TaskBatch:
     """Bright discs on noise; each task has its own disc radius and contrast (a 'cell line')."""
     g = torch.Generator().manual_seed(seed)

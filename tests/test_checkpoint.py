@@ -10,15 +10,6 @@ from algorithms import ModelConfig, build_model, create, load_checkpoint, save_c
 from tasks.batch import TaskBatch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def random_batch(tasks=2, k=2, q=2, size=12, seed=0) -> TaskBatch:
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(tasks, k + q, 1, size, size, generator=g)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark.config import ConfigError, RunConfig, available_presets, resolve
+from benchmark.config import RunConfig, available_presets, resolve
 
 
 def test_presets_ship_with_the_package():

@@ -11,7 +11,6 @@ import pytest
 import torch
 from test_livecell import write_dataset
 
-from tasks.catalogue import cell_line
 from tasks.episodes import MAX_DRAWS, MIN_FOREGROUND, EpisodeManifest, _draw_box, load_episode, sample_episode, stack_episodes
 from tasks.errors import DataError
 from tasks.livecell import LiveCell

@@ -14,15 +14,6 @@ from tasks.batch import TaskBatch
 INNER_STEPS, INNER_LR = 2, 0.4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_unet(norm: str):
     return build_model(ModelConfig(depth=1, width=2, norm=norm))
 

@@ -15,15 +15,6 @@ from algorithms.base import optimizer_class
 from tasks.batch import TaskBatch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model():
     return build_model(ModelConfig(depth=1, width=2))

@@ -12,14 +12,6 @@ from tasks.batch import TaskBatch
 INNER_STEPS = 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model():
     return build_model(ModelConfig(depth=1, width=2, norm="group"))
