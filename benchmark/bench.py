@@ -43,6 +43,7 @@ Params = dict[str, Tensor]
 VARIANT_FIELDS = ("inner_steps", "inner_lr", "outer_optimizer", "outer_lr", "task_batching")
 """RunConfig fields a bench variant may change: they change the meta-step, not the data or model B is measured on."""
 
+SAMPLER_WARMUP_STEPS = 25  # meta-batches sampled before sampling is timed
 WARMUP_SIDE = 32  # side of the image of the warm-up step before a memory measurement
 
 MEMORY_METHODS = {
@@ -333,7 +334,11 @@ def measure(
         maml = algos[maml_label]
         timers["maml (higher)"] = lambda: higher_meta_step(maml, states[maml_label], batch)
 
-    steps = itertools.count(1)  # sampling: a new meta-step's tasks every call, as in training
+    # sampling: a new meta-step's tasks every call, as in training, once the reader's in-memory caches hold what
+    # the first meta-steps read (steady state; the first touch of each image is paid once per run)
+    for step in range(1, SAMPLER_WARMUP_STEPS + 1):
+        meta_batch(first, data, step)
+    steps = itertools.count(SAMPLER_WARMUP_STEPS + 1)
     timers["sample meta-batch"] = lambda: meta_batch(first, data, next(steps))
     evaluator, eval_state = next(iter(algos.values())), next(iter(states.values()))
     episodes = evaluation_batch(first, data, first.eval_batch).to(device)
@@ -438,8 +443,9 @@ def measure(
 
 
 def costs(result: dict[str, Any], variants: dict[str, RunConfig]) -> Iterable[tuple[RunConfig, float, float]]:
-    """(configuration, seconds per training step, seconds per evaluation episode) of every plain variant of a
-    :func:`measure` result: a training step is a meta-step plus sampling its tasks, what ``run`` does."""
+    """(configuration, seconds per training step, seconds per evaluation episode) of every variant of a
+    :func:`measure` result: a training step is a meta-step plus sampling its tasks, as ``run`` does; evaluation
+    episodes are adapted ``eval_batch`` at a time, as ``run`` does."""
     sample = 1 / result["data"]["batches_per_s"]
     episode = 1 / result["evaluation"]["batched_eps_per_s"]
     for row in result["meta_steps"]:

@@ -163,8 +163,8 @@ def test_cost_key_ignores_only_holdout_seed_and_preset():
 
 
 def test_run_seconds_is_meta_steps_times_step_plus_episodes_times_episode():
-    config = resolve("default")  # 150 meta-steps; 40 held-out episodes + 7 lines x 10 seen
-    assert estimate.evaluation_episodes(config) == 40 + 7 * 10
+    config = resolve("default", meta_steps=150, eval_episodes=40, seen_episodes=10)
+    assert estimate.evaluation_episodes(config) == 40 + 7 * 10  # the held-out line's, then 10 on each of 7 lines
     assert estimate.run_seconds(config, estimate.Cost(step_s=2.0, episode_s=0.5)) == pytest.approx(150 * 2.0 + 110 * 0.5)
 
 
@@ -220,7 +220,7 @@ def test_bench_command_prints_json_with_the_sweep_estimate(synthetic_root, capsy
 def test_bench_command_variants_resolve_per_algorithm(capsys, tmp_path):
     settings = tmp_path / "settings.toml"
     settings.write_text("[algorithms.reptile]\nepsilon = 0.5\n")
-    args = ["bench", "--config", str(settings), "--algos", "reptile,maml:inner_steps=5:task_batching=vmap", "--print-config"]
+    args = ["bench", "--preset", "smoke", "--config", str(settings), "--algos", "reptile,maml:inner_steps=5:task_batching=vmap", "--print-config"]
     assert main(args) == 0
     out = capsys.readouterr().out
     configs = [json.loads(chunk) for chunk in out.replace("}\n{", "}\x00{").split("\x00")]

@@ -82,7 +82,10 @@ def parse_variants(text: str | None) -> list[tuple[str, str, dict]]:
 def main(args: argparse.Namespace) -> int:
     from benchmark.bench import apply_variant
 
-    variants = {label: apply_variant(config_from_args(args, algo=name), name, overrides) for label, name, overrides in parse_variants(args.algos)}
+    variants = {
+        label: apply_variant(config_from_args(args, algo=name), name, overrides)
+        for label, name, overrides in parse_variants(args.algos)
+    }
     console = Console()
     if args.print_config:
         for label, config in variants.items():
@@ -144,7 +147,7 @@ def tables(result: dict) -> list[Table]:
         f"· {height}x{width} · {s['parameters']:,} parameters · {s['device']}, {s['threads']} threads",
         caption=escape(caption + f"; x (n+1)B: per-round ratio, median [min, max]; memory: {s['memory_method']}"),
     )
-    for column in ("variant", "n", "tasks", "s / meta-step", "x (n+1)B", "peak extra MB"):
+    for column in ("variant", "n", "task batching", "s / meta-step", "x (n+1)B", "peak extra MB"):
         steps.add_column(column, justify="left" if column == "variant" else "right")
     steps.add_row(f"B: one forward-backward, {result['baseline']['images']} images", "", "", f"{result['baseline']['seconds']:.3f}", "", "")
     for row in result["meta_steps"]:
