@@ -20,15 +20,6 @@ from benchmark.store import Store, write_json
 from tasks.livecell import open_livecell
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def smoke(root, **overrides) -> RunConfig:
     return resolve("smoke", data_root=str(root), **overrides)
 
