@@ -129,6 +129,8 @@ def test_sweep_runs_a_grid_on_identical_episodes_and_resumes(synthetic_root, tmp
     args = ["sweep", "--preset", "smoke", "--algos", "fomaml,finetune", "--holdouts", "BV-2", "--k", "1",
             "--data-root", str(synthetic_root), "--out", str(tmp_path), "--meta-steps", "2"]
     assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "estimated time:" in out and "sweep finished in" in out
     summaries = Store(tmp_path).summaries()
     assert sorted(s["config"]["algo"] for s in summaries) == ["finetune", "fomaml"]
     manifests = [

@@ -93,6 +93,15 @@ def main(args: argparse.Namespace) -> int:
     store = Store(args.out)
     todo = [c for c in configs if args.force or not store.is_complete(c.run_id)]
     console.print(f"sweep: {len(configs)} runs, {len(configs) - len(todo)} already finished, {len(todo)} to run, {args.jobs} at a time")
+    if todo:
+        from benchmark.estimate import estimate_sweep, format_duration
+
+        serial = estimate_sweep(todo, store)
+        console.print(
+            f"estimated time: {format_duration(serial)} one run after another, about "
+            f"{format_duration(serial / min(args.jobs, len(todo)))} with --jobs {args.jobs} on free cores "
+            f"(priced from finished runs with the same settings in {args.out}, else a quick calibration)"
+        )
     started = time.perf_counter()
     results: list[dict] = []
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
