@@ -190,7 +190,7 @@ def test_bad_arguments(tmp_path):
 def test_default_root_generates_once_per_version(tmp_path, monkeypatch):
     calls = []
 
-    def fake_generate(root):
+    def fake_generate(root, progress=None):
         calls.append(Path(root))
         (Path(root) / "marker").write_text(synth.GENERATOR_VERSION)
         return Path(root)
