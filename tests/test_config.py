@@ -60,3 +60,14 @@ def _write(tmp, text):
     path = tmp / "bad.toml"
     path.write_text(text)
     return path
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("checkpoint_inner=true", ("checkpoint_inner", True)), ("epsilon=0.5", ("epsilon", 0.5)),
+     ("task_batching=loop", ("task_batching", "loop")), ("inner_steps=5", ("inner_steps", 5))],
+)
+def test_option_values_read_as_toml(text, expected):
+    from benchmark.commands.options import _option
+
+    assert _option(text) == expected

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import functools
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,10 @@ OPTIONAL_TEXT = ("crop", "data_root", "encoder_weights")  # accept 'none'
 
 
 def _parse_value(text: str) -> Any:
+    """A value as TOML reads it (true, 0.5, 3, "x", [1, 2]); a bare word stays a string (loop)."""
     try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
         return text
 
 
