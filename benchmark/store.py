@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from algorithms import Algorithm, MetaState, load_checkpoint, save_checkpoint
 from benchmark.config import RunConfig
@@ -65,6 +66,7 @@ def provenance(device: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "device": device,
+        "torch_threads": torch.get_num_threads(),  # CPU numbers differ in the last bits with the thread count
     }
 
 
