@@ -31,11 +31,10 @@ import torch
 from torch import Tensor, nn
 
 from algorithms import Algorithm, MetaState
-from algorithms.losses import iou
 from benchmark.config import FIELDS, RunConfig
-from benchmark.runner import EVAL_SEED_OFFSET, EVAL_SPLIT, build, device_of, meta_batch
+from benchmark.runner import build, device_of, evaluation_episodes, meta_batch, scored_steps
 from tasks.batch import TaskBatch
-from tasks.episodes import sample_episode, stack_episodes
+from tasks.episodes import stack_episodes
 from tasks.livecell import LiveCell, open_livecell
 
 Params = dict[str, Tensor]
@@ -212,23 +211,12 @@ def gradient_agreement(ours: Params, theirs: Params) -> dict[str, Any]:
 
 def evaluation_batch(config: RunConfig, data: LiveCell, count: int) -> TaskBatch:
     """The first ``count`` evaluation episodes of the held-out line, as ``run`` samples them."""
-    seed = EVAL_SEED_OFFSET + config.seed
-    episodes = [
-        sample_episode(data, config.holdout, EVAL_SPLIT, config.k, config.eval_queries, config.crop, seed, i)
-        for i in range(count)
-    ]
-    return stack_episodes(episodes)
+    return stack_episodes(evaluation_episodes(config, data, config.holdout, range(count)))
 
 
 def adapt_and_score(algo: Algorithm, state: MetaState, batch: TaskBatch) -> Tensor:
-    """What evaluation computes for a batch of E episodes: adapt together, score every query image at every
-    step. Returns IoU [n + 1, E, q]."""
-    episodes = batch.support_x.shape[0]
-    scores = []
-    for _, params in algo.adapt(state, batch.support_x, batch.support_y):
-        logits = algo.predict(params, batch.query_x)
-        scores.append(iou(logits.flatten(0, 1), batch.query_y.flatten(0, 1)).reshape(episodes, -1))
-    return torch.stack(scores)
+    """What evaluation computes for a batch of E episodes (``runner.scored_steps``): IoU [n + 1, E, q]."""
+    return torch.stack([scores for _, _, scores in scored_steps(algo, state, batch)])
 
 
 def one_by_one(batch: TaskBatch) -> list[TaskBatch]:

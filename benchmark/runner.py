@@ -175,6 +175,21 @@ def meta_train(config, data, algo, state, log, device, on_checkpoint, progress) 
     return state
 
 
+def evaluation_episodes(config: RunConfig, data: LiveCell, line: str, indices: range) -> list:
+    """Evaluation episodes ``indices`` of ``line``: a function of (data, seed, k, crop, queries) alone, so every
+    algorithm is scored on the same ones."""
+    seed = EVAL_SEED_OFFSET + config.seed
+    return [sample_episode(data, line, EVAL_SPLIT, config.k, config.eval_queries, config.crop, seed, i) for i in indices]
+
+
+def scored_steps(algo: Algorithm, state: MetaState, batch: TaskBatch):
+    """Adapt E episodes together; yield (step, query logits [E, q, 1, H, W], query IoU [E, q]) for steps 0..n."""
+    episodes = batch.support_x.shape[0]
+    for step, params in algo.adapt(state, batch.support_x, batch.support_y):
+        logits = algo.predict(params, batch.query_x)
+        yield step, logits, iou(logits.flatten(0, 1), batch.query_y.flatten(0, 1)).reshape(episodes, -1)
+
+
 def evaluate(config, data, algo, state, device, progress) -> tuple[pd.DataFrame, list[dict], dict[str, np.ndarray]]:
     """Adapt from k support images and record every query image's IoU at every step 0..n.
 
@@ -185,20 +200,14 @@ def evaluate(config, data, algo, state, device, progress) -> tuple[pd.DataFrame,
     columns: dict[str, list] = {name: [] for name in ("line", "role", "episode", "query", "image_id", "step", "iou")}
     manifests: list[dict] = []
     examples: dict[str, np.ndarray] = {}
-    eval_seed = EVAL_SEED_OFFSET + config.seed
     for line, role, count in plan:
         for first in range(0, count, config.eval_batch):
             indices = range(first, min(count, first + config.eval_batch))
-            episodes = [
-                sample_episode(data, line, EVAL_SPLIT, config.k, config.eval_queries, config.crop, eval_seed, i)
-                for i in indices
-            ]
+            episodes = evaluation_episodes(config, data, line, indices)
             manifests += [ep.manifest.to_dict() for ep in episodes]
             batch = stack_episodes(episodes).to(device)
-            for step, params in algo.adapt(state, batch.support_x, batch.support_y):
-                with torch.no_grad():
-                    logits = algo.predict(params, batch.query_x)
-                scores = iou(logits.flatten(0, 1), batch.query_y.flatten(0, 1)).reshape(len(episodes), -1).cpu()
+            for step, logits, scores in scored_steps(algo, state, batch):
+                scores = scores.cpu()
                 for e, episode in enumerate(episodes):
                     ids = [image_id for image_id, _ in episode.manifest.query]
                     for j, image_id in enumerate(ids):
