@@ -126,7 +126,7 @@ OPTIONAL = {"crop": int, "data_root": str, "encoder_weights": str}  # the fields
 def _checked(name: str, value: Any) -> Any:
     """``value`` as the type of field ``name`` (an int is a valid float), or a ConfigError naming the field."""
     kind = OPTIONAL.get(name) or type(FIELDS[name].default)
-    if value is None and name in OPTIONAL:
+    if name in OPTIONAL and value in (None, "none"):  # TOML has no null: "none" stands for it
         return None
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -187,7 +187,7 @@ def read_toml(path: Path) -> dict[str, Any]:
     for name, value in table.items():
         if name != "algorithms":
             try:
-                _checked(name, None if value == "none" and name in OPTIONAL else value)
+                _checked(name, value)
             except ConfigError as err:
                 raise ConfigError(f"{path}: {err}") from None
     return table
@@ -216,7 +216,6 @@ def resolve(preset: str = "default", config_file: Path | None = None, **override
         values.update(layer)
     options = dict(overrides.pop("algo_options", None) or ())
     values.update({k: v for k, v in overrides.items() if v is not None})
-    values = {k: (None if v == "none" and k in ("crop", "data_root", "encoder_weights") else v) for k, v in values.items()}
     algo = values.get("algo", RunConfig.algo)
     merged_options = {**per_algo.get(algo, {}), **options}
     try:

@@ -9,10 +9,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from benchmark.config import FIELDS, HELP, ConfigError, RunConfig, available_presets, resolve
+from benchmark.config import FIELDS, HELP, OPTIONAL, ConfigError, RunConfig, available_presets, resolve
 
 GRID = ("algo", "holdout", "k", "seed")  # what `sweep` varies; `run` takes them one at a time
-OPTIONAL_TEXT = ("crop", "data_root", "encoder_weights")  # accept 'none'
 
 
 def _parse_value(text: str) -> Any:
@@ -31,8 +30,8 @@ def _option(text: str) -> tuple[str, Any]:
 
 
 def _field_type(name: str):
-    if name in OPTIONAL_TEXT:
-        return lambda text: text if name != "crop" or text == "none" else int(text)
+    if name in OPTIONAL:  # 'none', or a value of the field's type
+        return lambda text: text if text == "none" or OPTIONAL[name] is str else OPTIONAL[name](text)
     default = FIELDS[name].default
     return type(default) if isinstance(default, (int, float)) and not isinstance(default, bool) else str
 
