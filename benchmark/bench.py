@@ -43,7 +43,6 @@ VARIANT_FIELDS = ("inner_steps", "inner_lr", "outer_optimizer", "outer_lr", "tas
 """RunConfig fields a bench variant may change: they change the meta-step, not the data or model B is measured on."""
 
 SAMPLER_WARMUP_STEPS = 25  # meta-batches sampled before sampling is timed
-WARMUP_SIDE = 32  # side of the image of the warm-up step before a memory measurement
 
 MEMORY_METHODS = {
     "cpu": "RSS growth during one meta-step, fresh process",
@@ -248,8 +247,10 @@ def _meta_step_memory_here(config: RunConfig, via_higher: bool, threads: int) ->
     def step(batch: TaskBatch) -> None:
         higher_meta_step(algo, state, batch) if via_higher else algo.meta_step(state, batch)
 
-    # one step on a single small image first: lazy imports, kernels and thread pools are not the step's memory
-    step(TaskBatch(*(t[:1, :1, :, :WARMUP_SIDE, :WARMUP_SIDE] for t in batch)))
+    # one step on a single small image first: lazy imports, kernels and thread pools are not the step's memory;
+    # its side leaves 2x2 pixels at the deepest level, so batch-statistics normalisation has values to normalise
+    side = 2 ** (config.depth + 1)
+    step(TaskBatch(*(t[:1, :1, :, :side, :side] for t in batch)))
     if device.type == "cuda":
         synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)

@@ -142,6 +142,13 @@ def test_meta_step_memory_grows_with_second_order_inner_steps(synthetic_root):
     assert 0 < small < large and large - small > 20  # MB; 7 more steps of 64x64 activations, 2 tasks x 3 images
 
 
+def test_meta_step_memory_warms_up_batch_statistics_models_at_full_depth(synthetic_root):
+    """The warm-up step's image keeps two pixels per side at the deepest level: batch-statistics normalisation
+    fails on one value per channel (the paper preset's VGG-11 U-Net, depth 5, failed so on a 32-pixel warm-up)."""
+    config = smoke(synthetic_root, algo="fomaml", crop=64, depth=5, width=2, norm="batch", inner_steps=1)
+    assert bench._meta_step_memory_here(config, via_higher=False, threads=1) > 0
+
+
 # -- the sweep estimate ------------------------------------------------------------------------------------
 
 
