@@ -49,10 +49,11 @@ def test_chunked_vmap_equals_loop_and_full_vmap(name, norm):
         assert rel_err(meta_gradient(name, model, batch, task_batching=batching), looped) < 1e-12, batching
 
 
-def test_checkpointed_maml_gradient_equals_plain_bit_for_bit(model):
+@pytest.mark.parametrize("checkpoint_inner", [True, 1])  # all, or the first of INNER_STEPS = 2
+def test_checkpointed_maml_gradient_equals_plain_bit_for_bit(model, checkpoint_inner):
     batch = random_batch(tasks=3)
     plain = meta_gradient("maml", model, batch, task_batching="loop")
-    checkpointed = meta_gradient("maml", model, batch, checkpoint_inner=True)
+    checkpointed = meta_gradient("maml", model, batch, checkpoint_inner=checkpoint_inner)
     assert all(torch.equal(plain[k], checkpointed[k]) for k in plain)
 
 
@@ -83,6 +84,21 @@ def test_checkpointed_maml_keeps_about_one_inner_step_of_activations():
     assert kept[6, True] < 0.3 * kept[6, False]
 
 
+def test_partly_checkpointed_maml_keeps_the_uncheckpointed_steps():
+    """checkpoint_inner=c recomputes the first c steps: what the graph keeps falls with c, from plain to all."""
+    model = build_model(ModelConfig(depth=2, width=4))
+    batch = random_batch(tasks=1, k=2, q=2, size=32, dtype=torch.float32)
+    kept = []
+    for c in (0, 2, 4, 6):
+        algo = create("maml", model, inner_steps=6, checkpoint_inner=c)
+        kept.append(saved_megabytes(algo, algo.init_state(model.init(0)), batch))
+    plain, *partial = kept
+    per_step = (plain - kept[-1]) / 6
+    assert kept == sorted(kept, reverse=True) and per_step > 0
+    for c, megabytes in zip((2, 4), partial):
+        assert megabytes == pytest.approx(plain - c * per_step, rel=0.15)
+
+
 def test_auto_rule(model):
     batch = random_batch(tasks=6, dtype=torch.float32)
     maml, fomaml = create("maml", model), create("fomaml", model)
@@ -103,8 +119,10 @@ def test_auto_rule(model):
     [
         ("maml", {"task_batching": 0}, "task_batching must be one of loop, vmap, auto or a chunk size"),
         ("maml", {"task_batching": "2.5"}, "task_batching must be one of"),
-        ("maml", {"checkpoint_inner": "yes"}, "checkpoint_inner must be true or false"),
+        ("maml", {"checkpoint_inner": "yes"}, "checkpoint_inner must be true, false or a number of inner steps 0..10"),
+        ("maml", {"checkpoint_inner": 11}, "checkpoint_inner must be true, false or a number of inner steps 0..10"),
         ("maml", {"checkpoint_inner": True, "task_batching": "vmap"}, "checkpoint_inner=True needs task_batching loop or auto"),
+        ("maml", {"checkpoint_inner": 3, "task_batching": 2}, "checkpoint_inner=3 needs task_batching loop or auto"),
         ("finetune", {"task_batching": "loop"}, "finetune: task_batching must be auto"),
     ],
 )
