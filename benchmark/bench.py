@@ -123,14 +123,18 @@ def apply_variant(config: RunConfig, algo: str, overrides: dict[str, Any]) -> Ru
     return dataclasses.replace(config, algo=algo, algo_options=tuple(sorted(options.items())), **fields)
 
 
-def baseline_pass(algo: Algorithm, params: Params, batch: TaskBatch) -> Callable[[], None]:
-    """B: one ordinary forward-backward pass over the support images of ``batch`` (T x k images as one batch)."""
+def baseline_pass(algo: Algorithm, params: Params, batch: TaskBatch, task_by_task: bool = False) -> Callable[[], None]:
+    """B: one ordinary forward-backward pass over the support images of ``batch`` (T x k images as one batch).
+
+    ``task_by_task``: the same images as T passes of k images, one per task: the least a meta-step that runs
+    each task on its own weights pays per pass (the floor of a looped first-order meta-step over (n+1)B)."""
     leaves = [p.detach().requires_grad_(True) for p in params.values()]
     named = dict(zip(params, leaves))
-    images, masks = batch.support_x.flatten(0, 1), batch.support_y.flatten(0, 1)
+    sets = list(zip(batch.support_x, batch.support_y)) if task_by_task else [(batch.support_x.flatten(0, 1), batch.support_y.flatten(0, 1))]
 
     def run() -> None:
-        torch.autograd.grad(algo.loss_on(named, images, masks), leaves)
+        for images, masks in sets:
+            torch.autograd.grad(algo.loss_on(named, images, masks), leaves)
 
     return run
 
@@ -313,7 +317,11 @@ def measure(
     batch = meta_batch(first, data, 0).to(device)
     states = {label: algo.init_state(params) for label, algo in algos.items()}
 
-    timers: dict[str, Callable[[], Any]] = {"B": baseline_pass(next(iter(algos.values())), params, batch)}
+    reference = next(iter(algos.values()))
+    timers: dict[str, Callable[[], Any]] = {
+        "B": baseline_pass(reference, params, batch),
+        "B task by task": baseline_pass(reference, params, batch, task_by_task=True),
+    }
     for label, algo in algos.items():
         timers[label] = lambda algo=algo, state=states[label]: algo.meta_step(state, batch)
     maml_label = next((label for label, config in variants.items() if config.algo == "maml"), None)
@@ -411,7 +419,12 @@ def measure(
             "image_size": list(batch.support_x.shape[-2:]),
             "parameters": sum(p.numel() for p in params.values()),
         },
-        "baseline": {"seconds": float(median["B"]), "images": batch.tasks * first.k},
+        "baseline": {
+            "seconds": float(median["B"]),
+            "images": batch.tasks * first.k,
+            "task_by_task_seconds": float(median["B task by task"]),
+            "task_by_task_ratio": float(round_ratios(times, "B task by task", "B").median()),
+        },
         "meta_steps": rows,
         "evaluation": {
             "episodes": count,

@@ -113,7 +113,9 @@ def test_measure_returns_finite_consistent_numbers(synthetic_root):
     variants = {name: smoke(synthetic_root, algo=name) for name in ("maml", "fomaml", "reptile", "finetune")}
     result = bench.measure(variants, repeats=2, warmup=0, compare_higher=True, memory=False)
     assert result["settings"]["repeats"] == 2 and result["settings"]["memory_method"] is None
-    assert result["baseline"]["seconds"] > 0 and result["baseline"]["images"] == 2 * 3  # smoke: 2 tasks x k=3
+    base = result["baseline"]
+    assert base["seconds"] > 0 and base["images"] == 2 * 3  # smoke: 2 tasks x k=3
+    assert base["task_by_task_seconds"] > 0 and base["task_by_task_ratio"] > 0
     rows = {row["variant"]: row for row in result["meta_steps"]}
     assert set(rows) == {"maml", "fomaml", "reptile", "finetune", "maml (higher)"}
     for row in rows.values():
@@ -128,7 +130,7 @@ def test_measure_returns_finite_consistent_numbers(synthetic_root):
     assert data["headroom"] == pytest.approx(data["batches_per_s"] / data["meta_steps_per_s"])
     assert result["higher"]["rounds"] == 2 and result["higher"]["gradient"]["relative"] < 1e-5
     timed = pd.DataFrame(result["times"])
-    assert len(timed) == 2 * (1 + 5 + 3)  # B, 5 meta-steps, sampling and two evaluations, in each round
+    assert len(timed) == 2 * (2 + 5 + 3)  # B two ways, 5 meta-steps, sampling and two evaluations, in each round
     json.dumps(result)  # plain data, for --json
     with pytest.raises(ValueError, match="include maml"):
         bench.measure({"fomaml": variants["fomaml"]}, repeats=1, warmup=0, compare_higher=True, memory=False)

@@ -149,7 +149,12 @@ def tables(result: dict) -> list[Table]:
     )
     for column in ("variant", "n", "task batching", "s / meta-step", "x (n+1)B", "peak extra MB"):
         steps.add_column(column, justify="left" if column == "variant" else "right")
-    steps.add_row(f"B: one forward-backward, {result['baseline']['images']} images", "", "", f"{result['baseline']['seconds']:.3f}", "", "")
+    base = result["baseline"]
+    steps.add_row(f"B: one forward-backward, {base['images']} images", "", "", f"{base['seconds']:.3f}", "", "")
+    steps.add_row(
+        f"B task by task: {s['tasks']} passes of {s['k']} images", "", "", f"{base['task_by_task_seconds']:.3f}",
+        f"{base['task_by_task_ratio']:.2f} x B", "",
+    )
     for row in result["meta_steps"]:
         memory = "" if row["peak_mem_mb"] is None else f"{row['peak_mem_mb']:.0f}"
         steps.add_row(
