@@ -230,6 +230,23 @@ def one_by_one(batch: TaskBatch) -> list[TaskBatch]:
 # -- memory ------------------------------------------------------------------------------------------------
 
 
+ROW_FIELDS = ("variant", "algo", "inner_steps", "task_batching", "passes", "seconds", "ratio_to_n1B", "ratio_min",
+              "ratio_max", "peak_mem_mb", "error")
+"""The columns of a ``measure`` result's ``meta_steps`` rows."""
+
+
+def fits(algo: Algorithm, state: MetaState, batch: TaskBatch, device: torch.device) -> bool:
+    """Whether one meta-step of ``algo`` runs on ``device`` without running out of memory (on a GPU, vmap over
+    many tasks of second-order work can need more than the card has: then the variant is reported, not timed)."""
+    try:
+        algo.meta_step(state, batch)
+    except torch.OutOfMemoryError:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return False
+    return True
+
+
 def _rss_mb(field: str) -> float:
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -322,8 +339,12 @@ def measure(
         "B": baseline_pass(reference, params, batch),
         "B task by task": baseline_pass(reference, params, batch, task_by_task=True),
     }
+    out_of_memory = [label for label, algo in algos.items() if not fits(algo, states[label], batch, device)]
+    if len(out_of_memory) == len(algos):
+        raise ValueError(f"every variant ran out of memory on {device}: {', '.join(out_of_memory)}")
     for label, algo in algos.items():
-        timers[label] = lambda algo=algo, state=states[label]: algo.meta_step(state, batch)
+        if label not in out_of_memory:
+            timers[label] = lambda algo=algo, state=states[label]: algo.meta_step(state, batch)
     maml_label = next((label for label, config in variants.items() if config.algo == "maml"), None)
     if compare_higher:
         if maml_label is None:
@@ -350,6 +371,12 @@ def measure(
 
     rows = []
     for label, config in variants.items():
+        if label in out_of_memory:
+            rows.append(dict.fromkeys(ROW_FIELDS) | {
+                "variant": label, "algo": config.algo, "inner_steps": config.inner_steps,
+                "task_batching": algos[label].resolved_task_batching(tuple(batch)), "error": "out of memory",
+            })
+            continue
         ratios = round_ratios(times, label, "B", config.inner_steps + 1)
         _, metrics = algos[label].meta_step(states[label], batch)
         rows.append(
@@ -357,13 +384,14 @@ def measure(
                 "variant": label,
                 "algo": config.algo,
                 "inner_steps": config.inner_steps,
-                "task_batching": algos[label].resolved_task_batching(),
+                "task_batching": algos[label].resolved_task_batching(tuple(batch)),
                 "passes": int(metrics["passes"]),
                 "seconds": float(median[label]),
                 "ratio_to_n1B": float(ratios.median()),
                 "ratio_min": float(ratios.min()),
                 "ratio_max": float(ratios.max()),
                 "peak_mem_mb": None,
+                "error": None,
             }
         )
     higher_result = None
@@ -383,6 +411,7 @@ def measure(
                 "ratio_min": float(ratios.min()),
                 "ratio_max": float(ratios.max()),
                 "peak_mem_mb": None,
+                "error": None,
             }
         )
         ours_grad = meta_gradient(algos[maml_label], states[maml_label], batch)
@@ -396,14 +425,16 @@ def measure(
         }
 
     if memory:
-        probes = [(variants[label], False) for label in variants] + ([(variants[maml_label], True)] if compare_higher else [])
-        for row, peak in zip(rows, meta_step_memory(probes)):
+        measured = [row for row in rows if row["error"] is None]
+        probes = [(variants[row["variant"]], False) for row in measured if row["variant"] in variants]
+        probes += [(variants[maml_label], True)] if compare_higher else []
+        for row, peak in zip(measured, meta_step_memory(probes)):
             row["peak_mem_mb"] = peak
 
     batched_scores = adapt_and_score(evaluator, eval_state, episodes)
     single_scores = torch.cat([adapt_and_score(evaluator, eval_state, s) for s in singles], dim=1)
     count = episodes.tasks
-    fastest = min(rows, key=lambda row: row["seconds"]) if rows else None
+    fastest = min((row for row in rows if row["error"] is None), key=lambda row: row["seconds"])
     return {
         "settings": {
             "repeats": repeats,
@@ -452,5 +483,5 @@ def costs(result: dict[str, Any], variants: dict[str, RunConfig]) -> Iterable[tu
     episode = 1 / result["evaluation"]["batched_eps_per_s"]
     for row in result["meta_steps"]:
         config = variants.get(row["variant"])
-        if config is not None:
+        if config is not None and row["error"] is None:
             yield config, row["seconds"] + sample, episode

@@ -136,6 +136,26 @@ def test_measure_returns_finite_consistent_numbers(synthetic_root):
         bench.measure({"fomaml": variants["fomaml"]}, repeats=1, warmup=0, compare_higher=True, memory=False)
 
 
+def test_a_variant_that_runs_out_of_memory_is_reported_not_timed(synthetic_root, monkeypatch):
+    """On a GPU, vmap over many second-order tasks can need more than the card has (the paper preset's MAML over
+    5 tasks did on a 139 GiB H200): that variant's row says so, the others are timed as usual."""
+    from algorithms.maml import MAML
+
+    def out_of_memory(self, state, batch):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 702.00 MiB")
+
+    monkeypatch.setattr(MAML, "meta_step", out_of_memory)
+    variants = {name: smoke(synthetic_root, algo=name) for name in ("maml", "fomaml")}
+    result = bench.measure(variants, repeats=1, warmup=0, memory=False)
+    rows = {row["variant"]: row for row in result["meta_steps"]}
+    assert rows["maml"]["error"] == "out of memory" and rows["maml"]["seconds"] is None
+    assert rows["fomaml"]["error"] is None and rows["fomaml"]["seconds"] > 0
+    assert "maml" not in set(pd.DataFrame(result["times"]).variant)
+    assert [config.algo for config, *_ in bench.costs(result, variants)] == ["fomaml"]
+    with pytest.raises(ValueError, match="every variant ran out of memory on cpu: maml"):
+        bench.measure({"maml": variants["maml"]}, repeats=1, warmup=0, memory=False)
+
+
 @pytest.mark.slow
 def test_meta_step_memory_grows_with_second_order_inner_steps(synthetic_root):
     """The probe sees what second-order MAML keeps: each inner step's activations (a fresh process per value)."""

@@ -156,6 +156,9 @@ def tables(result: dict) -> list[Table]:
         f"{base['task_by_task_ratio']:.2f} x B", "",
     )
     for row in result["meta_steps"]:
+        if row["error"]:
+            steps.add_row(row["variant"], str(row["inner_steps"]), row["task_batching"], row["error"], "", "")
+            continue
         memory = "" if row["peak_mem_mb"] is None else f"{row['peak_mem_mb']:.0f}"
         steps.add_row(
             row["variant"], str(row["inner_steps"]), row["task_batching"], f"{row['seconds']:.3f}",
