@@ -69,26 +69,39 @@ def interleave(
     """Time every timer once per round, ``warmup + repeats`` rounds, in one process.
 
     Round r starts at timer ``r mod len(timers)`` (a rotation), so no variant always runs first or right after
-    the same neighbour. Returns one row per (variant, round): ``variant, round, warmup, seconds``.
+    the same neighbour. Returns one row per (variant, round): ``variant, round, warmup, seconds``. A timer that
+    runs out of memory (on a GPU, vmap over many second-order tasks can need more than the card has) is dropped
+    from the rounds and named in the result's ``attrs["out_of_memory"]``.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     if not timers:
         raise ValueError("nothing to time: no timers given")
     device = torch.device(device)
-    names = list(timers)
+    names, out_of_memory = list(timers), []
     rows = []
     for r in range(warmup + repeats):
+        if not names:
+            break
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
             synchronize(device)
             started = time.perf_counter()
-            timers[name]()
+            try:
+                timers[name]()
+            except torch.OutOfMemoryError:
+                out_of_memory.append(name)
+                names.remove(name)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
             synchronize(device)
             rows.append({"variant": name, "round": r, "warmup": r < warmup, "seconds": time.perf_counter() - started})
         if on_round:
             on_round(r)
-    return pd.DataFrame(rows)
+    times = pd.DataFrame(rows, columns=["variant", "round", "warmup", "seconds"])
+    times.attrs["out_of_memory"] = out_of_memory
+    return times
 
 
 def medians(times: pd.DataFrame) -> pd.Series:
@@ -230,23 +243,6 @@ def one_by_one(batch: TaskBatch) -> list[TaskBatch]:
 # -- memory ------------------------------------------------------------------------------------------------
 
 
-ROW_FIELDS = ("variant", "algo", "inner_steps", "task_batching", "passes", "seconds", "ratio_to_n1B", "ratio_min",
-              "ratio_max", "peak_mem_mb", "error")
-"""The columns of a ``measure`` result's ``meta_steps`` rows."""
-
-
-def fits(algo: Algorithm, state: MetaState, batch: TaskBatch, device: torch.device) -> bool:
-    """Whether one meta-step of ``algo`` runs on ``device`` without running out of memory (on a GPU, vmap over
-    many tasks of second-order work can need more than the card has: then the variant is reported, not timed)."""
-    try:
-        algo.meta_step(state, batch)
-    except torch.OutOfMemoryError:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        return False
-    return True
-
-
 def _rss_mb(field: str) -> float:
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -305,6 +301,11 @@ def meta_step_memory(configs: list[tuple[RunConfig, bool]]) -> list[float]:
 # -- the whole bench ---------------------------------------------------------------------------------------
 
 
+ROW_FIELDS = ("variant", "algo", "inner_steps", "task_batching", "passes", "seconds", "ratio_to_n1B", "ratio_min",
+              "ratio_max", "peak_mem_mb", "error")
+"""The columns of a :func:`measure` result's ``meta_steps`` rows."""
+
+
 def measure(
     variants: dict[str, RunConfig],
     repeats: int = 5,
@@ -339,12 +340,8 @@ def measure(
         "B": baseline_pass(reference, params, batch),
         "B task by task": baseline_pass(reference, params, batch, task_by_task=True),
     }
-    out_of_memory = [label for label, algo in algos.items() if not fits(algo, states[label], batch, device)]
-    if len(out_of_memory) == len(algos):
-        raise ValueError(f"every variant ran out of memory on {device}: {', '.join(out_of_memory)}")
     for label, algo in algos.items():
-        if label not in out_of_memory:
-            timers[label] = lambda algo=algo, state=states[label]: algo.meta_step(state, batch)
+        timers[label] = lambda algo=algo, state=states[label]: algo.meta_step(state, batch)
     maml_label = next((label for label, config in variants.items() if config.algo == "maml"), None)
     if compare_higher:
         if maml_label is None:
@@ -367,6 +364,11 @@ def measure(
     load_before = os.getloadavg()[0]
     times = interleave(timers, repeats, warmup, device, on_round)
     load_after = os.getloadavg()[0]
+    out_of_memory = times.attrs["out_of_memory"]
+    if not set(out_of_memory) <= set(variants):
+        raise ValueError(f"{', '.join(n for n in out_of_memory if n not in variants)} ran out of memory on {device}")
+    if len(out_of_memory) == len(variants):
+        raise ValueError(f"every variant ran out of memory on {device}: {', '.join(out_of_memory)}")
     median = medians(times)
 
     rows = []

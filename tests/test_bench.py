@@ -38,6 +38,15 @@ def test_interleave_runs_every_timer_once_per_round_in_rotating_order():
         bench.interleave(timers, repeats=0, warmup=0)
 
 
+def test_interleave_drops_a_timer_that_runs_out_of_memory():
+    def out_of_memory():
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    times = bench.interleave({"a": lambda: None, "big": out_of_memory}, repeats=2, warmup=1)
+    assert times.attrs["out_of_memory"] == ["big"]
+    assert list(times.variant) == ["a", "a", "a"]  # every round, "big" never again after its first try
+
+
 def test_medians_skip_warmup_and_ratios_are_taken_round_by_round():
     times = pd.DataFrame(
         [
