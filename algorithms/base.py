@@ -289,14 +289,11 @@ class Algorithm(abc.ABC):
         checkpointable). Vmapped (in chunks of tasks), by ``torch.func.grad`` under ``vmap``, a chunk's
         graphs alive at once (ordinary autograd around a ``vmap`` gives wrong second derivatives through
         batch-statistics BatchNorm in torch 2.14: caught by the tests)."""
-        tasks, chunk = per_task[0].shape[0], self.task_chunk(per_task)
-        if chunk is not None:
-            per_task_gradient = vmap(grad_and_value(task_loss, argnums=(0, 1)), in_dims=(None, None) + (0,) * len(per_task))
-            sums = []
-            for c in range(0, tasks, chunk):
-                (grad_params, grad_extra), losses = per_task_gradient(state.params, state.extra, *(x[c : c + chunk] for x in per_task))
-                sums.append(pytree.tree_map(lambda t: t.sum(0), (grad_params, grad_extra, losses)))
-            return pytree.tree_map(lambda *parts: torch.stack(parts).sum(0) / tasks, *sums)
+        if self.task_chunk(per_task) is not None:
+            per_task_gradient = grad_and_value(task_loss, argnums=(0, 1))
+            (grad_params, grad_extra), loss = self.over_tasks(per_task_gradient, (state.params, state.extra), per_task)
+            return grad_params, grad_extra, loss
+        tasks = per_task[0].shape[0]
         with torch.enable_grad():
             params = {k: v.detach().requires_grad_(True) for k, v in state.params.items()}
             extra = {k: v.detach().requires_grad_(True) for k, v in state.extra.items()}
