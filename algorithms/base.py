@@ -123,6 +123,21 @@ def grad_and_loss(loss_fn: Callable, params: Params, *args, create_graph: bool =
     return dict(zip(leaves, grads)), (loss if create_graph else loss.detach())
 
 
+def saved_megabytes(run: Callable[[], object]) -> float:
+    """MB of the distinct storages autograd saves for a backward pass while ``run()`` executes, seen by a
+    saved-tensor hook (``torch.utils.checkpoint``'s own hooks take over inside its regions, so what a
+    checkpointed region recomputes is not counted)."""
+    storages: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return sum(storages.values()) / 2**20
+
+
 def _optimizer_classes() -> dict[str, type[torch.optim.Optimizer]]:
     found = {}
     for module, names in ((torch.optim, dir(torch.optim)), (torch_optimizer, torch_optimizer.__all__)):
@@ -239,16 +254,8 @@ class Algorithm(abc.ABC):
         key = (tuple(support_x.shape), support_x.dtype, str(support_x.device))
         cache = self.__dict__.setdefault("_graph_mb", {})
         if key not in cache:
-            storages: dict[int, int] = {}
-
-            def pack(t: Tensor) -> Tensor:
-                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-                return t
-
             params = {k: v.to(support_x.device) for k, v in self.model.init(0).items()}
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                grad_and_loss(self.loss_on, params, support_x, support_y, create_graph=True)
-            cache[key] = sum(storages.values()) / 2**20
+            cache[key] = saved_megabytes(lambda: grad_and_loss(self.loss_on, params, support_x, support_y, create_graph=True))
         return cache[key]
 
     def task_chunk(self, per_task: tuple[Tensor, ...]) -> int | None:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from algorithms import ModelConfig, build_model, create
+from algorithms.base import saved_megabytes
 from tasks.batch import TaskBatch
 
 INNER_STEPS = 2
@@ -57,18 +58,9 @@ def test_checkpointed_maml_gradient_equals_plain_bit_for_bit(model, checkpoint_i
     assert all(torch.equal(plain[k], checkpointed[k]) for k in plain)
 
 
-def saved_megabytes(algo, state, batch) -> float:
-    """MB of tensors the meta-step's autograd graph saves outside checkpointed regions (a saved-tensor
-    hook sees what a graph keeps; torch.utils.checkpoint's own hooks take over inside its regions)."""
-    storages = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        algo.meta_step(state, batch)
-    return sum(storages.values()) / 2**20
+def saved_by_meta_step(algo, state, batch) -> float:
+    """MB of tensors the meta-step's autograd graph saves outside checkpointed regions."""
+    return saved_megabytes(lambda: algo.meta_step(state, batch))
 
 
 def test_checkpointed_maml_keeps_about_one_inner_step_of_activations():
@@ -78,7 +70,7 @@ def test_checkpointed_maml_keeps_about_one_inner_step_of_activations():
     for n in (2, 6):
         for checkpoint_inner in (False, True):
             algo = create("maml", model, inner_steps=n, checkpoint_inner=checkpoint_inner)
-            kept[n, checkpoint_inner] = saved_megabytes(algo, algo.init_state(model.init(0)), batch)
+            kept[n, checkpoint_inner] = saved_by_meta_step(algo, algo.init_state(model.init(0)), batch)
     assert kept[6, False] > 2.5 * kept[2, False]  # plain: grows with n
     assert kept[6, True] < 1.2 * kept[2, True]  # checkpointed: flat in n
     assert kept[6, True] < 0.3 * kept[6, False]
@@ -91,7 +83,7 @@ def test_partly_checkpointed_maml_keeps_the_uncheckpointed_steps():
     kept = []
     for c in (0, 2, 4, 6):
         algo = create("maml", model, inner_steps=6, checkpoint_inner=c)
-        kept.append(saved_megabytes(algo, algo.init_state(model.init(0)), batch))
+        kept.append(saved_by_meta_step(algo, algo.init_state(model.init(0)), batch))
     plain, *partial = kept
     per_step = (plain - kept[-1]) / 6
     assert kept == sorted(kept, reverse=True) and per_step > 0
