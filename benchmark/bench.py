@@ -9,6 +9,10 @@ These machines are noisy (the same code drifts by ~45% between processes), so ev
 summarised by its median over the rounds after warm-up. Ratios are taken round by round (each variant against
 the B of its own round) before the median, so drift between rounds cancels.
 
+Each meta-step's arithmetic is counted too (:func:`counting_flops`): its convolution and matrix-product FLOPs over
+(n + 1) times B's are the ratio the meta-step would reach if every kernel ran as fast per FLOP as B's do, so a
+time ratio far above it is overhead, and one near it is the arithmetic itself.
+
 Peak memory is measured in a fresh process per variant (see :func:`meta_step_memory`): on CPU as the growth of
 the resident set size (RSS) during one meta-step, since ``tracemalloc`` does not see torch's allocator; on a GPU
 as the growth of ``torch.cuda.max_memory_allocated``.
@@ -29,6 +33,8 @@ from typing import Any
 import pandas as pd
 import torch
 from torch import Tensor, nn
+from torch.ops import aten
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from algorithms import Algorithm, MetaState
 from benchmark.config import FIELDS, RunConfig
@@ -134,6 +140,23 @@ def apply_variant(config: RunConfig, algo: str, overrides: dict[str, Any]) -> Ru
         else:
             options[key] = value
     return dataclasses.replace(config, algo=algo, algo_options=tuple(sorted(options.items())), **fields)
+
+
+def convolution_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                               _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    """A convolution's backward pass: the input gradient and the weight gradient each cost what the forward
+    convolution does. (torch 2.14's formula ignores ``groups``: it counts the backward pass of a convolution of g
+    groups as if each group saw all channels, and vmap over tasks turns per-task weights into such groups.)"""
+    forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed)
+    return forward * (bool(output_mask[0]) + bool(output_mask[1]))
+
+
+def counting_flops(run: Callable[[], Any]) -> tuple[Any, int]:
+    """``(run(), FLOPs it performed)``: convolutions and matrix products as ``torch.utils.flop_counter`` counts
+    them (elementwise work, normalisation and pooling are not counted), grouped convolutions counted right."""
+    with FlopCounterMode(display=False, custom_mapping={aten.convolution_backward: convolution_backward_flops}) as counter:
+        result = run()
+    return result, counter.get_total_flops()
 
 
 def baseline_pass(algo: Algorithm, params: Params, batch: TaskBatch, task_by_task: bool = False) -> Callable[[], None]:
@@ -302,7 +325,7 @@ def meta_step_memory(configs: list[tuple[RunConfig, bool]]) -> list[float]:
 
 
 ROW_FIELDS = ("variant", "algo", "inner_steps", "task_batching", "passes", "seconds", "ratio_to_n1B", "ratio_min",
-              "ratio_max", "peak_mem_mb", "error")
+              "ratio_max", "flops_to_n1B", "peak_mem_mb", "error")
 """The columns of a :func:`measure` result's ``meta_steps`` rows."""
 
 
@@ -370,6 +393,7 @@ def measure(
     if len(out_of_memory) == len(variants):
         raise ValueError(f"every variant ran out of memory on {device}: {', '.join(out_of_memory)}")
     median = medians(times)
+    _, baseline_flops = counting_flops(timers["B"])
 
     rows = []
     for label, config in variants.items():
@@ -380,7 +404,7 @@ def measure(
             })
             continue
         ratios = round_ratios(times, label, "B", config.inner_steps + 1)
-        _, metrics = algos[label].meta_step(states[label], batch)
+        (_, metrics), flops = counting_flops(lambda: algos[label].meta_step(states[label], batch))
         rows.append(
             {
                 "variant": label,
@@ -392,6 +416,7 @@ def measure(
                 "ratio_to_n1B": float(ratios.median()),
                 "ratio_min": float(ratios.min()),
                 "ratio_max": float(ratios.max()),
+                "flops_to_n1B": flops / ((config.inner_steps + 1) * baseline_flops),
                 "peak_mem_mb": None,
                 "error": None,
             }
@@ -401,6 +426,10 @@ def measure(
         maml_config = variants[maml_label]
         ratios = round_ratios(times, "maml (higher)", "B", maml_config.inner_steps + 1)
         ours_over_higher = round_ratios(times, maml_label, "maml (higher)")
+        ours_grad = meta_gradient(algos[maml_label], states[maml_label], batch)
+        (theirs_grad, _), higher_flops = counting_flops(
+            lambda: higher_meta_gradient(algos[maml_label], states[maml_label].params, batch)
+        )
         rows.append(
             {
                 "variant": "maml (higher)",
@@ -412,12 +441,11 @@ def measure(
                 "ratio_to_n1B": float(ratios.median()),
                 "ratio_min": float(ratios.min()),
                 "ratio_max": float(ratios.max()),
+                "flops_to_n1B": higher_flops / ((maml_config.inner_steps + 1) * baseline_flops),
                 "peak_mem_mb": None,
                 "error": None,
             }
         )
-        ours_grad = meta_gradient(algos[maml_label], states[maml_label], batch)
-        theirs_grad, _ = higher_meta_gradient(algos[maml_label], states[maml_label].params, batch)
         higher_result = {
             "against": maml_label,
             "ours_over_higher_median": float(ours_over_higher.median()),
@@ -455,6 +483,7 @@ def measure(
         "baseline": {
             "seconds": float(median["B"]),
             "images": batch.tasks * first.k,
+            "flops": baseline_flops,
             "task_by_task_seconds": float(median["B task by task"]),
             "task_by_task_ratio": float(round_ratios(times, "B task by task", "B").median()),
         },

@@ -11,6 +11,8 @@ import math
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from benchmark import bench, estimate
 from benchmark.cli import main
@@ -58,6 +60,29 @@ def test_medians_skip_warmup_and_ratios_are_taken_round_by_round():
     assert bench.medians(times).to_dict() == {"B": 2.0, "step": 8.0}
     ratios = bench.round_ratios(times, "step", "B", scale=2.0)
     assert ratios.tolist() == [1.5, 2.0, 1.0]  # 3/(2*1), 8/(2*2), 8/(2*4): the warm-up round is left out
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_counting_flops_counts_a_grouped_convolution_as_its_groups_one_by_one(transposed):
+    """vmap over T tasks turns per-task weights into a convolution of T groups: the arithmetic of T convolutions."""
+    conv = F.conv_transpose2d if transposed else F.conv2d
+    groups, channels = 7, 4
+    x = torch.randn(3, groups * channels, 8, 8, requires_grad=True)
+    w = torch.randn(groups * channels, channels, 3, 3, requires_grad=True)
+    _, grouped = bench.counting_flops(lambda: conv(x, w, padding=1, groups=groups).sum().backward())
+    pieces = [(xs.detach().requires_grad_(), ws.detach().requires_grad_()) for xs, ws in zip(x.chunk(groups, 1), w.chunk(groups))]
+    _, separate = bench.counting_flops(lambda: [conv(xs, ws, padding=1).sum().backward() for xs, ws in pieces])
+    assert grouped == separate > 0
+
+
+@pytest.mark.parametrize("input_gradient", [True, False])
+def test_counting_flops_agrees_with_torch_without_groups(input_gradient):
+    x = torch.randn(3, 4, 8, 8, requires_grad=input_gradient)
+    w = torch.randn(5, 4, 3, 3, requires_grad=True)
+    _, ours = bench.counting_flops(lambda: F.conv2d(x, w, stride=2, padding=1).sum().backward())
+    with FlopCounterMode(display=False) as theirs:
+        F.conv2d(x, w, stride=2, padding=1).sum().backward()
+    assert ours == theirs.get_total_flops() > 0
 
 
 def test_apply_variant_sets_fields_and_options_and_refuses_what_changes_B():
@@ -120,6 +145,7 @@ def test_adapt_and_score_batched_equals_one_by_one(synthetic_root):
 
 def test_measure_returns_finite_consistent_numbers(synthetic_root):
     variants = {name: smoke(synthetic_root, algo=name) for name in ("maml", "fomaml", "reptile", "finetune")}
+    variants["fomaml"] = dataclasses.replace(variants["fomaml"], task_batching="vmap")
     result = bench.measure(variants, repeats=2, warmup=0, compare_higher=True, memory=False)
     assert result["settings"]["repeats"] == 2 and result["settings"]["memory_method"] is None
     base = result["baseline"]
@@ -131,7 +157,15 @@ def test_measure_returns_finite_consistent_numbers(synthetic_root):
         assert row["seconds"] > 0 and 0 < row["ratio_min"] <= row["ratio_to_n1B"] <= row["ratio_max"] < math.inf
         assert row["inner_steps"] == 2 and row["peak_mem_mb"] is None
     assert rows["maml"]["task_batching"] == "loop" and rows["fomaml"]["task_batching"] == "vmap"
+    assert rows["reptile"]["task_batching"] == "loop" and rows["finetune"]["task_batching"] == "pooled"
     assert rows["reptile"]["passes"] == 2 and rows["fomaml"]["passes"] == 3
+    # the arithmetic: smoke has n=2 inner steps on k=3 support images and q=2 query images per task (fomaml's
+    # tasks vmapped: grouped convolutions, counted as the loop's)
+    assert rows["fomaml"]["flops_to_n1B"] == pytest.approx((2 * 3 + 2) / ((2 + 1) * 3))
+    assert rows["reptile"]["flops_to_n1B"] == pytest.approx(2 / (2 + 1))  # n passes of k images, no query pass
+    assert rows["maml (higher)"]["flops_to_n1B"] == pytest.approx(rows["maml"]["flops_to_n1B"])
+    assert rows["maml"]["flops_to_n1B"] > 2 * rows["fomaml"]["flops_to_n1B"]  # second derivatives
+    assert base["flops"] > 0
     ev = result["evaluation"]
     assert ev["episodes"] == 4 and ev["batched_eps_per_s"] > 0 and ev["one_by_one_eps_per_s"] > 0 and ev["max_iou_diff"] <= 0.01
     data = result["data"]

@@ -145,24 +145,31 @@ def tables(result: dict) -> list[Table]:
     steps = Table(
         title=f"meta-step cost · preset {s['preset']} · {s['tasks']} tasks x k={s['k']} (+{s['query_size']} query) "
         f"· {height}x{width} · {s['parameters']:,} parameters · {s['device']}, {s['threads']} threads",
-        caption=escape(caption + f"; x (n+1)B: per-round ratio, median [min, max]; memory: {s['memory_method']}"),
+        caption=escape(
+            caption + "; x (n+1)B: per-round ratio, median [min, max]; FLOPs x (n+1)B: the meta-step's convolution and "
+            f"matrix-product FLOPs over B's, the time ratio at B's speed per FLOP; memory: {s['memory_method']}"
+        ),
     )
-    for column in ("variant", "n", "task batching", "s / meta-step", "x (n+1)B", "peak extra MB"):
+    for column in ("variant", "n", "task batching", "s / meta-step", "x (n+1)B", "FLOPs x (n+1)B", "peak extra MB"):
         steps.add_column(column, justify="left" if column == "variant" else "right")
     base = result["baseline"]
-    steps.add_row(f"B: one forward-backward, {base['images']} images", "", "", f"{base['seconds']:.3f}", "", "")
+    steps.add_row(
+        f"B: one forward-backward, {base['images']} images", "", "", f"{base['seconds']:.3f}", "",
+        f"{base['flops'] / 1e9:.2f} GFLOP", "",
+    )
     steps.add_row(
         f"B task by task: {s['tasks']} passes of {s['k']} images", "", "", f"{base['task_by_task_seconds']:.3f}",
-        f"{base['task_by_task_ratio']:.2f} x B", "",
+        f"{base['task_by_task_ratio']:.2f} x B", "", "",
     )
     for row in result["meta_steps"]:
         if row["error"]:
-            steps.add_row(row["variant"], str(row["inner_steps"]), row["task_batching"], row["error"], "", "")
+            steps.add_row(row["variant"], str(row["inner_steps"]), row["task_batching"], row["error"], "", "", "")
             continue
         memory = "" if row["peak_mem_mb"] is None else f"{row['peak_mem_mb']:.0f}"
         steps.add_row(
             row["variant"], str(row["inner_steps"]), row["task_batching"], f"{row['seconds']:.3f}",
-            escape(f"{row['ratio_to_n1B']:.2f} [{row['ratio_min']:.2f}, {row['ratio_max']:.2f}]"), memory,
+            escape(f"{row['ratio_to_n1B']:.2f} [{row['ratio_min']:.2f}, {row['ratio_max']:.2f}]"),
+            f"{row['flops_to_n1B']:.2f}", memory,
         )
 
     other = Table("measure", "value", title="throughput and estimate", caption=caption)
