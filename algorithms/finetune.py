@@ -42,6 +42,9 @@ class FineTune(Algorithm):
     def hparams(self) -> dict:
         return super().hparams() | {"seed": self.seed}
 
+    def resolved_task_batching(self, per_task=None) -> str:
+        return "pooled"  # every task's images in one batch: there is no task axis to loop or vmap over
+
     def meta_step(self, state: MetaState, batch: TaskBatch) -> tuple[MetaState, dict[str, float]]:
         # 1. Pool every image of the meta-batch.
         images = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])  # [T * (k + q), 1, H, W]

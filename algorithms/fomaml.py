@@ -11,7 +11,8 @@ so d phi_n / d theta = I and the meta-gradient is simply grad L_query evaluated 
     theta <- outer_optimiser(theta, mean_i grad L_query(phi_n^i)).
 
 No second derivatives, no graph kept across inner steps: n + 1 ordinary forward-backward passes per
-task, and memory of one pass. That makes ``vmap`` over tasks cheap (``task_batching="auto"`` uses it).
+task, and memory of one pass. That makes ``vmap`` over tasks cheap in memory (``task_batching="auto"`` uses it
+on accelerators; on CPU it loops, which was faster there).
 """
 
 from __future__ import annotations

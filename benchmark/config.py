@@ -154,7 +154,7 @@ HELP = {
     "outer_lr": "outer learning rate",
     "meta_batch": "tasks per meta-step",
     "meta_steps": "meta-training steps",
-    "task_batching": "tasks of a meta-batch: loop, vmap, or auto (vmap where it fits)",
+    "task_batching": "tasks of a meta-batch: loop, vmap, a chunk size, or auto (loop on CPU; on a GPU vmap where it fits)",
     "eval_episodes": "evaluation episodes on the held-out line",
     "seen_episodes": "evaluation episodes on each meta-training line's test split (0 = skip)",
     "eval_queries": "query images per evaluation episode",

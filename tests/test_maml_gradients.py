@@ -119,9 +119,9 @@ def test_vmap_over_tasks_equals_loop(name, norm):
     assert rel_err(looped, {k: torch.zeros_like(v) for k, v in looped.items()}) > 0  # a real update happened
 
 
-def test_auto_task_batching_loops_for_second_order_only():
+def test_auto_task_batching_loops_on_cpu():
     model = tiny_unet("group")
-    assert create("maml", model).resolved_task_batching() == "loop"
-    assert create("fomaml", model).resolved_task_batching() == "vmap"
-    assert create("reptile", model).resolved_task_batching() == "vmap"
+    for name in ("maml", "fomaml", "reptile"):
+        assert create(name, model).resolved_task_batching() == "loop"
+    assert create("finetune", model).resolved_task_batching() == "pooled"
     assert create("maml", model, task_batching="vmap").resolved_task_batching() == "vmap"

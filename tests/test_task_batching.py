@@ -94,8 +94,10 @@ def test_partly_checkpointed_maml_keeps_the_uncheckpointed_steps():
 def test_auto_rule(model):
     batch = random_batch(tasks=6, dtype=torch.float32)
     maml, fomaml = create("maml", model), create("fomaml", model)
-    assert maml.resolved_task_batching(tuple(batch)) == "loop" and maml.task_chunk(tuple(batch)) is None  # CPU
-    assert fomaml.resolved_task_batching(tuple(batch)) == "vmap" and fomaml.task_chunk(tuple(batch)) == 6
+    for algo in (maml, fomaml):  # CPU: loop
+        assert algo.resolved_task_batching(tuple(batch)) == "loop" and algo.task_chunk(tuple(batch)) is None
+    elsewhere = tuple(batch.to("meta"))  # an accelerator: first order vmaps every task
+    assert fomaml.resolved_task_batching(elsewhere) == "vmap" and fomaml.task_chunk(elsewhere) == 6
     per_task_mb = 2.3 * maml.inner_steps * maml._inner_step_graph_mb(tuple(batch))
     assert maml._inner_step_graph_mb(tuple(random_batch(tasks=1, size=16, dtype=torch.float32))) > 3 * maml._inner_step_graph_mb(tuple(batch))
     assert maml.chunk_that_fits(tuple(batch), 3.5 * per_task_mb) == 3
