@@ -310,15 +310,14 @@ def meta_step_memory(configs: list[tuple[RunConfig, bool]]) -> list[float]:
     algorithm, or second-order MAML through ``higher`` where ``via_higher``.
 
     Each is measured in a fresh process (so one variant's freed-but-cached memory cannot hide the next one's),
-    as many at a time as there are CPUs, after the data, model and batch are in memory and one warm-up step
-    on a small image: on CPU, the peak RSS (``VmHWM``, reset just before) minus the RSS before the step; on a
-    GPU, the peak of ``torch.cuda.max_memory_allocated`` minus what was allocated before.
+    one after another (two probes of vmapped second-order variants at a time, at 7-8 GB each beside the timing
+    process's cached memory, filled a 24 GB machine until it thrashed), after the data, model and batch are in
+    memory and one warm-up step on a small image: on CPU, the peak RSS (``VmHWM``, reset just before) minus the
+    RSS before the step; on a GPU, the peak of ``torch.cuda.max_memory_allocated`` minus what was allocated before.
     """
-    workers = max(1, min(len(configs), os.cpu_count() or 1))
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
-        threads = max(1, torch.get_num_threads() // workers)
-        futures = [pool.submit(_meta_step_memory_here, config, via_higher, threads) for config, via_higher in configs]
-        return [future.result() for future in futures]
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
+        threads = torch.get_num_threads()
+        return [pool.submit(_meta_step_memory_here, config, via_higher, threads).result() for config, via_higher in configs]
 
 
 # -- the whole bench ---------------------------------------------------------------------------------------
