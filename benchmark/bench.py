@@ -394,57 +394,36 @@ def measure(
     median = medians(times)
     _, baseline_flops = counting_flops(timers["B"])
 
+    def new_row(label: str, config: RunConfig, task_batching: str, **fields: Any) -> dict[str, Any]:
+        return dict.fromkeys(ROW_FIELDS) | {
+            "variant": label, "algo": config.algo, "inner_steps": config.inner_steps, "task_batching": task_batching,
+        } | fields
+
+    def timed_row(label: str, config: RunConfig, task_batching: str, passes: int, flops: int) -> dict[str, Any]:
+        ratios = round_ratios(times, label, "B", config.inner_steps + 1)
+        return new_row(
+            label, config, task_batching, passes=passes, seconds=float(median[label]),
+            ratio_to_n1B=float(ratios.median()), ratio_min=float(ratios.min()), ratio_max=float(ratios.max()),
+            flops_to_n1B=flops / ((config.inner_steps + 1) * baseline_flops),
+        )
+
     rows = []
     for label, config in variants.items():
+        task_batching = algos[label].resolved_task_batching(tuple(batch))
         if label in out_of_memory:
-            rows.append(dict.fromkeys(ROW_FIELDS) | {
-                "variant": label, "algo": config.algo, "inner_steps": config.inner_steps,
-                "task_batching": algos[label].resolved_task_batching(tuple(batch)), "error": "out of memory",
-            })
+            rows.append(new_row(label, config, task_batching, error="out of memory"))
             continue
-        ratios = round_ratios(times, label, "B", config.inner_steps + 1)
         (_, metrics), flops = counting_flops(lambda: algos[label].meta_step(states[label], batch))
-        rows.append(
-            {
-                "variant": label,
-                "algo": config.algo,
-                "inner_steps": config.inner_steps,
-                "task_batching": algos[label].resolved_task_batching(tuple(batch)),
-                "passes": int(metrics["passes"]),
-                "seconds": float(median[label]),
-                "ratio_to_n1B": float(ratios.median()),
-                "ratio_min": float(ratios.min()),
-                "ratio_max": float(ratios.max()),
-                "flops_to_n1B": flops / ((config.inner_steps + 1) * baseline_flops),
-                "peak_mem_mb": None,
-                "error": None,
-            }
-        )
+        rows.append(timed_row(label, config, task_batching, int(metrics["passes"]), flops))
     higher_result = None
     if compare_higher:
         maml_config = variants[maml_label]
-        ratios = round_ratios(times, "maml (higher)", "B", maml_config.inner_steps + 1)
         ours_over_higher = round_ratios(times, maml_label, "maml (higher)")
         ours_grad = meta_gradient(algos[maml_label], states[maml_label], batch)
         (theirs_grad, _), higher_flops = counting_flops(
             lambda: higher_meta_gradient(algos[maml_label], states[maml_label].params, batch)
         )
-        rows.append(
-            {
-                "variant": "maml (higher)",
-                "algo": "maml",
-                "inner_steps": maml_config.inner_steps,
-                "task_batching": "loop",
-                "passes": maml_config.inner_steps + 1,
-                "seconds": float(median["maml (higher)"]),
-                "ratio_to_n1B": float(ratios.median()),
-                "ratio_min": float(ratios.min()),
-                "ratio_max": float(ratios.max()),
-                "flops_to_n1B": higher_flops / ((maml_config.inner_steps + 1) * baseline_flops),
-                "peak_mem_mb": None,
-                "error": None,
-            }
-        )
+        rows.append(timed_row("maml (higher)", maml_config, "loop", maml_config.inner_steps + 1, higher_flops))
         higher_result = {
             "against": maml_label,
             "ours_over_higher_median": float(ours_over_higher.median()),
