@@ -18,8 +18,10 @@ grows linearly with n (and with T when tasks are ``vmap``'d: see ``task_batching
 trades time for that memory: the first c inner steps are each wrapped in ``torch.utils.checkpoint``
 (non-reentrant), so only the weights phi_j between them are kept and a step's activations are recomputed when
 the outer backward pass reaches it; the last n - c steps keep theirs. The outer backward pass frees the kept
-steps before it recomputes the first, so the peak holds about max(n - c, 1) steps of activations, and each
-recomputed step costs one more forward-backward pass. Measured at n = 10 on the reference U-Net (7 tasks
+steps before it recomputes the first, so the peak holds about max(n - c, 1) steps of activations. Each
+recomputed step costs one more forward-backward pass and one more forward pass (1.33 B counted by ``bench``):
+checkpointing keeps none of the step's activations, so the step's own inner gradient, taken inside the region,
+already recomputes its forward once. Measured at n = 10 on the reference U-Net (7 tasks
 x (3 + 3) 64x64 images, one CPU thread): plain 519 MB; c = 7 205 MB (0.40x) for 1.39x the time; ``True`` (c = n)
 140 MB for 1.53x; ``False`` is c = 0. The gradient is the same, bit for bit.
 """
