@@ -1,5 +1,6 @@
-"""Shared fixtures. The real LIVECell sample is found through $LIVECELL_SAMPLE (CC BY-NC data, never copied into the
-repository); tests that need it skip where it is absent."""
+"""Shared fixtures. The real LIVECell sample (CC BY-NC data, never copied into the repository) is read from
+$LIVECELL_SAMPLE, else from ``shared/livecell-sample`` beside the checkout; tests that need it skip where it is absent,
+saying where they looked."""
 
 from __future__ import annotations
 
@@ -9,19 +10,32 @@ from pathlib import Path
 import pytest
 
 
+BESIDE_CHECKOUT = Path(__file__).resolve().parents[2] / "shared" / "livecell-sample"
+
+
+def sample_location() -> Path:
+    return Path(os.environ.get("LIVECELL_SAMPLE") or BESIDE_CHECKOUT)
+
+
 @pytest.fixture(scope="session")
 def sample_root() -> Path:
-    root = os.environ.get("LIVECELL_SAMPLE")
-    if not root or not Path(root, "annotations").is_dir():
-        pytest.skip("real LIVECell sample not available (set LIVECELL_SAMPLE)")
-    return Path(root)
+    root = sample_location()
+    if not (root / "annotations").is_dir():
+        pytest.skip(f"real LIVECell sample not found: no {root / 'annotations'} (set LIVECELL_SAMPLE to its folder)")
+    return root
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
-    """Keep the tests' mask caches and generated data out of the user's cache, unless one is named."""
-    if "FEWSHOT_CELLSEG_CACHE" not in os.environ:
-        os.environ["FEWSHOT_CELLSEG_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    """The tests own their cache folder (parsed annotations, masks, generated data): a user's warm cache must
+    change no test's outcome, and no test may write into it."""
+    before = os.environ.get("FEWSHOT_CELLSEG_CACHE")
+    os.environ["FEWSHOT_CELLSEG_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        os.environ.pop("FEWSHOT_CELLSEG_CACHE", None)
+    else:
+        os.environ["FEWSHOT_CELLSEG_CACHE"] = before
 
 
 @pytest.fixture(scope="session")
