@@ -1,12 +1,10 @@
 """Checkpoints: a MetaState together with everything needed to adapt and predict later (the model
 config, the algorithm's name and hyper-parameters), in one ``torch.save`` file of plain tensors,
-numbers and strings (loadable with ``weights_only=True``). Written atomically: a temporary file in
-the same folder, then ``os.replace``, so a crash never leaves a half-written checkpoint."""
+numbers and strings (loadable with ``weights_only=True``). Written atomically and durably
+(:func:`tasks.cache.atomic_write`), so a crash never leaves a half-written checkpoint."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -14,6 +12,7 @@ import torch
 from algorithms.base import Algorithm, MetaState
 from algorithms.models import ModelConfig, build_model
 from algorithms.registry import create
+from tasks.cache import atomic_write
 
 FORMAT = "fewshot-cellseg-checkpoint/1"
 _KEYS = ("format", "algorithm", "hparams", "model_config", "params", "extra", "optimizer", "step")
@@ -31,17 +30,7 @@ def save_checkpoint(path: Path | str, algorithm: Algorithm, state: MetaState) ->
         "optimizer": state.optimizer,
         "step": state.step,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(payload, f), durable=True)
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> tuple[Algorithm, MetaState]:

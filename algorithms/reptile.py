@@ -7,8 +7,9 @@ their mean:
     theta <- theta + epsilon * mean_i (phi_i - theta).
 
 ``theta - mean_i phi_i`` plays the role of a gradient (to first order it contains the MAML gradient
-plus a term that rewards within-task generalisation), so with ``epsilon=None`` it is handed to the
-outer optimiser instead, like every other algorithm's meta-gradient.
+plus a term that rewards within-task generalisation), so it is handed to the outer optimiser like every
+other algorithm's meta-gradient. The interpolation above is that with plain SGD at rate epsilon, which
+is what ``epsilon`` sets.
 
 The task's data: its support and query images pooled (support first). Inner step j trains on k of
 them (k = support size), taken in turn, cycling: with q = k the steps alternate support, query,
@@ -30,21 +31,19 @@ from tasks.batch import TaskBatch
 
 @register("reptile")
 class Reptile(Algorithm):
-    """Reptile. ``epsilon``: the interpolation rate of the meta-update (a number in (0, 1]), or None to
-    step the outer optimiser (``outer_optimizer``, ``outer_lr``) along ``theta - mean(phi)``; a
-    non-default outer optimiser or rate together with ``epsilon`` is an error, since it would be
-    ignored. Other hyper-parameters: those of :class:`algorithms.base.Algorithm`."""
+    """Reptile. ``epsilon``: the interpolation rate of the classic meta-update (a number in (0, 1]): it
+    replaces the outer optimiser and rate (whatever a preset set) by plain SGD at rate epsilon, which
+    :meth:`hparams` then reports. None (the default) steps ``outer_optimizer`` at ``outer_lr`` along
+    ``theta - mean(phi)``. Other hyper-parameters: those of :class:`algorithms.base.Algorithm`."""
 
     def __init__(self, model: Model, epsilon: float | None = None, **hparams):
+        if epsilon is not None:
+            if not (isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool) and math.isfinite(epsilon) and 0 < epsilon <= 1):
+                raise ValueError(f"reptile: epsilon must be a number in (0, 1] or None, got {epsilon!r}")
+            hparams = {**hparams, "outer_optimizer": "sgd", "outer_lr": float(epsilon)}
         super().__init__(model, **hparams)
         if self.inner_steps < 1:
             raise ValueError(f"reptile: inner_steps must be >= 1 (phi - theta is 0 otherwise), got {self.inner_steps}")
-        if epsilon is not None:
-            if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and 0 < epsilon <= 1):
-                raise ValueError(f"reptile: epsilon must be a number in (0, 1] or None, got {epsilon!r}")
-            given = {k: hparams[k] for k in ("outer_optimizer", "outer_lr") if k in hparams}
-            if given.get("outer_optimizer", "adam").lower() != "adam" or given.get("outer_lr", 1e-3) != 1e-3:
-                raise ValueError(f"reptile: epsilon={epsilon} replaces the outer optimiser; drop {given} or set epsilon=None")
         self.epsilon = None if epsilon is None else float(epsilon)
 
     def hparams(self) -> dict:
@@ -69,14 +68,9 @@ class Reptile(Algorithm):
         mean_adapted, loss = self.over_tasks(adapted_params, (state.params, state.extra), (images, masks))
         loss = self.check_finite(loss, state)
 
-        # 4. Move theta toward them: directly, or through the outer optimiser.
+        # 4. Move theta toward them through the outer optimiser (with epsilon: theta + eps * mean(phi - theta)).
         direction = {name: theta - mean_adapted[name] for name, theta in state.params.items()}  # theta - mean(phi)
-        if self.epsilon is None:
-            new_state = self.outer_update(state, direction)
-        else:
-            new_params = sgd_step(state.params, direction, self.epsilon)  # theta + eps * mean(phi - theta)
-            new_state = MetaState(new_params, dict(state.extra), state.optimizer, state.step + 1)
-        return new_state, {
+        return self.outer_update(state, direction), {
             "loss": loss,  # mean loss of the last inner step, on its k images, before that step
             "passes": self.inner_steps,
             "images": batch.tasks * self.inner_steps * k,

@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 from benchmark.errors import RunFailed, UserError
 
@@ -39,11 +40,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (UserError, RunFailed, DataError, ValueError) as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+        return 2
+    except OSError as err:  # a folder that cannot be written, a file where a folder should be, a full disk
+        console.print(f"[bold red]error:[/] {escape(os_error_line(err))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: finished results were kept")
         return 130
+
+
+def os_error_line(err: OSError) -> str:
+    """One line naming the path and what the system said, e.g. 'results/runs: Not a directory'."""
+    if err.filename is None:
+        return err.strerror or str(err)
+    where = f"{err.filename} -> {err.filename2}" if err.filename2 else str(err.filename)
+    return f"{where}: {err.strerror or err}"
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ class RunConfig:
     eval_batch: int = 8  # episodes adapted together (vmap over episodes)
     # execution
     device: str = "cpu"
+    threads: int = 1  # torch's CPU threads; the last bits of CPU kernels depend on it, so it is part of the run id
     checkpoint_every: int = field(default=25, compare=False)  # changes no number: not part of the run id
     preset: str = field(default="default", compare=False)  # provenance only; not part of the run id
 
@@ -70,25 +71,26 @@ class RunConfig:
             object.__setattr__(self, "data_root", str(Path(self.data_root).expanduser().resolve()))
         if not DEVICE.fullmatch(self.device):
             raise ConfigError(f"invalid device {self.device!r}; use cpu, cuda, cuda:N or auto")
-        checks = {
-            "seed": self.seed >= 0,
-            "k": self.k >= 1,
-            "query_size": self.query_size >= 1,
-            "inner_steps": self.inner_steps >= 0,
-            "meta_batch": self.meta_batch >= 1,
-            "meta_steps": self.meta_steps >= 0,
-            "eval_episodes": self.eval_episodes >= 1,
-            "seen_episodes": self.seen_episodes >= 0,
-            "eval_queries": self.eval_queries >= 1,
-            "eval_batch": self.eval_batch >= 1,
-            "checkpoint_every": self.checkpoint_every >= 1,
-            "crop": self.crop is None or self.crop >= 8,
-            "inner_lr": self.inner_lr > 0,
-            "outer_lr": self.outer_lr > 0,
+        rules = {  # setting: (valid?, what is allowed)
+            "seed": (self.seed >= 0, ">= 0"),
+            "k": (self.k >= 1, ">= 1"),
+            "query_size": (self.query_size >= 1, ">= 1"),
+            "inner_steps": (self.inner_steps >= 0, ">= 0"),
+            "meta_batch": (self.meta_batch >= 1, ">= 1"),
+            "meta_steps": (self.meta_steps >= 0, ">= 0"),
+            "eval_episodes": (self.eval_episodes >= 1, ">= 1"),
+            "seen_episodes": (self.seen_episodes >= 0, ">= 0"),
+            "eval_queries": (self.eval_queries >= 1, ">= 1"),
+            "eval_batch": (self.eval_batch >= 1, ">= 1"),
+            "threads": (self.threads >= 1, ">= 1"),
+            "checkpoint_every": (self.checkpoint_every >= 1, ">= 1"),
+            "crop": (self.crop is None or self.crop >= 8, ">= 8, or 'none' for whole images"),
+            "inner_lr": (self.inner_lr > 0, "> 0"),
+            "outer_lr": (self.outer_lr > 0, "> 0"),
         }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ConfigError(f"invalid value for {bad[0]}: {getattr(self, bad[0])!r}")
+        for name, (ok, allowed) in rules.items():
+            if not ok:
+                raise ConfigError(f"invalid value for {name}: {getattr(self, name)!r} (must be {allowed})")
 
     @property
     def options(self) -> dict[str, Any]:
@@ -110,10 +112,14 @@ class RunConfig:
 
     @property
     def run_id(self) -> str:
-        """Readable prefix plus a hash of every field that can change the numbers, and of the data."""
+        """Readable prefix plus a hash of every field that can change the numbers, of the data, and of the version
+        of the code that computes them (:mod:`benchmark.numerics`)."""
+        from benchmark import numerics
+
         identity = {f.name: v for f, v in zip(dataclasses.fields(self), dataclasses.astuple(self)) if f.compare}
         identity["algo_options"] = sorted(self.algo_options)
         identity["data_root"] = self.data_identity
+        identity["numerics"] = numerics.NUMERICS_VERSION
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"{self.algo}-{cell_line(self.holdout).prefix}-k{self.k}-s{self.seed}-{digest}"
 
@@ -160,6 +166,8 @@ HELP = {
     "eval_queries": "query images per evaluation episode",
     "eval_batch": "evaluation episodes adapted together (vmap over episodes)",
     "device": "cpu, cuda, cuda:N or auto",
+    "threads": "torch CPU threads of the run (default 1, so that sweep --jobs N shares N cores without "
+    "oversubscribing them; part of the run id, since CPU results differ in the last bits with it)",
     "checkpoint_every": "meta-steps between checkpoints (an interrupted run resumes from the last)",
 }
 
@@ -191,6 +199,15 @@ def read_toml(path: Path) -> dict[str, Any]:
             except ConfigError as err:
                 raise ConfigError(f"{path}: {err}") from None
     return table
+
+
+def algorithm_table_sources(preset: str, config_file: Path | None, algo: str) -> dict[str, Path]:
+    """Which file set each of ``algo``'s own settings (the last one that named it), for errors that name it."""
+    sources: dict[str, Path] = {}
+    for path in [preset_path(preset)] + ([Path(config_file)] if config_file is not None else []):
+        for key in read_toml(path).get("algorithms", {}).get(algo, {}):
+            sources[key] = path
+    return sources
 
 
 def preset_path(name: str) -> Path:

@@ -12,7 +12,7 @@ from rich.progress import Progress
 
 from benchmark.config import RunConfig
 from benchmark.errors import RunFailed
-from benchmark.runner import HELD_OUT, SEEN, RunResult, run
+from benchmark.runner import HELD_OUT, SEEN, RunResult, prepare, run
 from benchmark.stats import mean_ci
 from benchmark.store import Store
 from tasks.errors import DataError
@@ -35,9 +35,13 @@ def headline(result: RunResult) -> dict[str, Any]:
 
 
 def execute(config: RunConfig, store: Store, *, force: bool = False, progress: Progress | None = None) -> dict:
-    """Run ``config`` unless the store already holds it finished; return its summary (``skipped`` marks a hit)."""
+    """Run ``config`` unless the store already holds it finished; return its summary (``skipped`` marks a hit).
+
+    Inputs are checked (device, data, algorithm) before anything is written: a run that cannot start leaves no
+    record; one that started and failed is recorded as failed."""
     if store.is_complete(config.run_id) and not force:
         return {**store.summary(config.run_id), "skipped": True}
+    prepare(config)
     store.start(config, fresh=force)
     resume = store.resume_point(config)
     started = time.perf_counter()

@@ -154,11 +154,14 @@ def move_state(state: MetaState, device: torch.device) -> MetaState:
 
 
 def meta_train(config, data, algo, state, log, device, on_checkpoint, progress) -> MetaState:
-    """Meta-steps from ``state.step`` to ``config.meta_steps``, appending (step, loss, passes) to ``log``.
+    """Meta-steps from ``state.step`` to ``config.meta_steps``, appending (step, loss, passes, wall_s) to ``log``.
 
+    ``wall_s`` is the meta-training time up to that step over every attempt (a resumed run continues the clock
+    of its checkpoint), so a run's cost does not depend on how often it was interrupted.
     Stops with :class:`RunFailed` on a non-finite loss.
     """
     task = progress.add_task("meta-train", total=config.meta_steps, completed=state.step) if progress else None
+    clock = time.perf_counter() - trained_seconds(log)
     while state.step < config.meta_steps:
         batch = meta_batch(config, data, state.step).to(device)
         try:
@@ -167,12 +170,25 @@ def meta_train(config, data, algo, state, log, device, on_checkpoint, progress) 
             raise RunFailed(f"meta-training diverged: {err}") from None
         if not math.isfinite(metrics["loss"]):
             raise RunFailed(f"meta-training diverged: query loss {metrics['loss']} at meta-step {state.step}")
-        log.append({"step": state.step, "loss": float(metrics["loss"]), "passes": int(metrics["passes"])})
+        log.append(
+            {
+                "step": state.step,
+                "loss": float(metrics["loss"]),
+                "passes": int(metrics["passes"]),
+                "wall_s": round(time.perf_counter() - clock, 3),
+            }
+        )
         if on_checkpoint and (state.step % config.checkpoint_every == 0 or state.step == config.meta_steps):
             on_checkpoint(algo, state, log)
         if progress:
             progress.update(task, advance=1, description=f"meta-train  loss {metrics['loss']:.3f}")
     return state
+
+
+def trained_seconds(log: list[dict]) -> float:
+    """Meta-training seconds recorded up to the last logged step (0 for logs written before wall_s was)."""
+    wall = log[-1].get("wall_s") if log else None
+    return float(wall) if wall is not None and math.isfinite(wall) else 0.0
 
 
 def evaluation_episodes(config: RunConfig, data: LiveCell, line: str, indices: range) -> list:
@@ -233,6 +249,16 @@ def evaluate(config, data, algo, state, device, progress) -> tuple[pd.DataFrame,
     return observations, manifests, examples
 
 
+def prepare(config: RunConfig) -> tuple[torch.device, LiveCell, Algorithm]:
+    """Everything a run needs before any compute, each failure a one-line error: the device, the data (able to
+    serve the configuration's episodes) and the algorithm. ``execute`` calls it before it records anything, so an
+    input error leaves no run behind."""
+    device = device_of(config)
+    data = open_livecell(config.data_root)
+    check_feasible(config, data)
+    return device, data, build(config)
+
+
 def run(
     config: RunConfig,
     *,
@@ -240,17 +266,26 @@ def run(
     on_checkpoint: Callable[[Algorithm, MetaState, list[dict]], None] | None = None,
     progress: Progress | None = None,
 ) -> RunResult:
-    """Meta-train (from a checkpointed state and its training log, if given), then evaluate on all eight lines."""
-    started = time.perf_counter()
+    """Meta-train (from a checkpointed state and its training log, if given), then evaluate on all eight lines.
+
+    Runs on ``config.threads`` torch threads (the process's setting is restored afterwards). ``wall_s`` of the
+    result counts the checkpointed meta-training of earlier attempts too."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _run(config, resume, on_checkpoint, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(config, resume, on_checkpoint, progress) -> RunResult:
     torch.manual_seed(config.seed)
-    device = device_of(config)
+    device, data, algo = prepare(config)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    data = open_livecell(config.data_root)
-    check_feasible(config, data)
-    algo = build(config)
     state, log = resume if resume is not None else (algo.init_state(algo.model.init(config.seed)), [])
     log = list(log)
+    started = time.perf_counter() - trained_seconds(log)
     state = meta_train(config, data, algo, move_state(state, device), log, device, on_checkpoint, progress)
     try:
         observations, manifests, examples = evaluate(config, data, algo, state, device, progress)

@@ -9,7 +9,11 @@ Layout of ``<results>/runs/<run-id>/``:
 - ``manifests.json.gz``  the evaluation episodes (image ids and crop boxes) that reproduce every record
 - ``examples.npz``       images, truth and predictions of one held-out episode, for the report's example grid
 - ``checkpoint.pt``      the meta-state, saved periodically during meta-training (resume) and at the end
+- ``attempts.json``      when each process that worked on the run started (a resumed run has several)
 - ``summary.json``       written last: its presence with status "completed" is what marks a run finished
+
+Every run id includes the numerics version (:mod:`benchmark.numerics`); a stored run whose configuration
+records another version was computed by other code and is stale (:func:`is_current`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 import os
 import platform
 import subprocess
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,8 +34,9 @@ import torch
 
 from algorithms import Algorithm, MetaState, load_checkpoint, save_checkpoint
 from benchmark.config import RunConfig
+from benchmark.numerics import NUMERICS_VERSION
 from benchmark.runner import RunResult
-from tasks.cache import atomic_write
+from tasks.cache import atomic_write, remove_temporaries
 
 COMPLETED, FAILED = "completed", "failed"
 PACKAGES = ("torch", "segmentation-models-pytorch", "numpy", "scipy", "pandas", "pycocotools", "fewshot-cellseg")
@@ -44,6 +50,11 @@ def write_csv(path: Path, table: pd.DataFrame) -> None:
     """CSV, gzip-compressed (reproducibly: no timestamp in the header) when the name ends in .gz."""
     compression = {"method": "gzip", "mtime": 0} if path.suffix == ".gz" else None
     atomic_write(path, lambda f: table.to_csv(f, index=False, compression=compression))
+
+
+def is_current(summary: dict) -> bool:
+    """Whether a stored run was computed by today's numerics (runs from before versioning record none)."""
+    return summary.get("numerics_version") == NUMERICS_VERSION
 
 
 def provenance(device: str) -> dict[str, Any]:
@@ -65,8 +76,7 @@ def provenance(device: str) -> dict[str, Any]:
         "git_commit": commit,
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "device": device,
-        "torch_threads": torch.get_num_threads(),  # CPU numbers differ in the last bits with the thread count
+        "device": device,  # the torch threads a run used are its setting `threads`
     }
 
 
@@ -74,6 +84,14 @@ class Store:
     def __init__(self, root: Path | str = "results"):
         self.root = Path(root)
         self.runs = self.root / "runs"
+
+    def check_writable(self) -> None:
+        """Make ``runs/`` and write a file there, so a folder that cannot take results fails before any compute
+        (with the OSError that names it), not after a run's worth of it."""
+        self.runs.mkdir(parents=True, exist_ok=True)
+        probe = self.runs / f".writable-{os.getpid()}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
 
     def run_dir(self, run_id: str) -> Path:
         return self.runs / run_id
@@ -95,18 +113,43 @@ class Store:
 
     # during a run -------------------------------------------------------------------------------------
     def start(self, config: RunConfig, fresh: bool = False) -> Path:
-        """Make the run folder and record the configuration. Drops a stale summary; ``fresh`` (a forced rerun)
-        drops the old checkpoint and training log too, so nothing can resume from the previous run."""
+        """Make the run folder, record the configuration and this attempt, and delete what an interrupted write
+        left behind. Drops a stale summary; ``fresh`` (a forced rerun) drops the old checkpoint, training log and
+        attempts too, so nothing can resume from the previous run."""
         folder = self.run_dir(config.run_id)
         folder.mkdir(parents=True, exist_ok=True)
-        stale = ("summary.json", "checkpoint.pt", "train_log.csv") if fresh else ("summary.json",)
+        remove_temporaries(folder)
+        stale = ("summary.json", "checkpoint.pt", "train_log.csv", "attempts.json") if fresh else ("summary.json",)
         for name in stale:
             (folder / name).unlink(missing_ok=True)
         write_json(
             folder / "config.json",
-            {**config.to_dict(), "run_id": config.run_id, "data": config.data_identity, **provenance(config.device)},
+            {
+                **config.to_dict(),
+                "run_id": config.run_id,
+                "data": config.data_identity,
+                "numerics_version": NUMERICS_VERSION,
+                **provenance(config.device),
+            },
         )
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        write_json(folder / "attempts.json", self.attempts(config.run_id) + [{"started": started}])
         return folder
+
+    def attempts(self, run_id: str) -> list[dict]:
+        try:
+            return json.loads((self.run_dir(run_id) / "attempts.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return []
+
+    @staticmethod
+    def _identity(config: RunConfig) -> dict[str, Any]:
+        return {
+            "run_id": config.run_id,
+            "config": config.to_dict(),
+            "data": config.data_identity,
+            "numerics_version": NUMERICS_VERSION,
+        }
 
     def checkpoint(self, config: RunConfig, algorithm: Algorithm, state: MetaState, log: list[dict]) -> None:
         folder = self.run_dir(config.run_id)
@@ -132,14 +175,14 @@ class Store:
         write_csv(folder / "episodes.csv.gz", result.episodes)
         atomic_write(folder / "manifests.json.gz", lambda f: f.write(gzip.compress(json.dumps(result.manifests).encode(), mtime=0)))
         atomic_write(folder / "examples.npz", lambda f: np.savez_compressed(f, **result.examples))
+        remove_temporaries(folder)
         write_json(
             folder / "summary.json",
             {
-                "run_id": config.run_id,
+                **self._identity(config),
                 "status": COMPLETED,
-                "config": config.to_dict(),
-                "data": config.data_identity,
                 "wall_s": round(result.wall_s, 2),
+                "attempts": len(self.attempts(config.run_id)),
                 "peak_mem_mb": round(result.peak_mem_mb, 1),
                 "passes": result.passes,
                 "error": None,
@@ -155,15 +198,14 @@ class Store:
         write_json(
             folder / "summary.json",
             {
-                "run_id": config.run_id,
+                **self._identity(config),
                 "status": FAILED,
-                "config": config.to_dict(),
-                "data": config.data_identity,
                 "wall_s": round(wall_s, 2),
+                "attempts": len(self.attempts(config.run_id)),
                 "error": error,
             },
         )
 
 
 def write_train_log(path: Path, log: list[dict]) -> None:
-    write_csv(path, pd.DataFrame(log, columns=["step", "loss", "passes"]))
+    write_csv(path, pd.DataFrame(log, columns=["step", "loss", "passes", "wall_s"]))

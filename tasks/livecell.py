@@ -57,7 +57,8 @@ class LiveCell:
     def __init__(self, root: Path | str, memory_bytes: int = MEMORY_BYTES):
         self.root = Path(root)
         if not self.root.is_dir():
-            raise DataError(f"{self.root}: LIVECell root not found")
+            what = "is not a folder" if self.root.exists() else "LIVECell root not found"
+            raise DataError(f"{self.root}: {what}")
         if not (self.root / "annotations").is_dir():
             raise DataError(
                 f"{self.root}: no annotations/ folder (expected the official LIVECell layout: "

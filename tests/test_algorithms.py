@@ -123,11 +123,14 @@ def test_reptile_steps_alternate_support_and_query_and_optimizer_path_matches():
     torch.testing.assert_close(state.params["w"], expected, rtol=1e-12, atol=1e-12)
 
 
-def test_reptile_rejects_epsilon_with_an_outer_optimiser(small_unet):
-    with pytest.raises(ValueError, match="epsilon"):
-        create("reptile", small_unet, epsilon=0.5, outer_optimizer="sgd")
-    with pytest.raises(ValueError, match="epsilon"):
-        create("reptile", small_unet, epsilon=1.5)
+def test_reptile_epsilon_replaces_the_outer_optimiser_by_plain_sgd_at_that_rate(small_unet):
+    algo = create("reptile", small_unet, epsilon=0.5, outer_optimizer="adam", outer_lr=1e-2)
+    assert (algo.hparams()["outer_optimizer"], algo.hparams()["outer_lr"], algo.hparams()["epsilon"]) == ("sgd", 0.5, 0.5)
+    rebuilt = create("reptile", small_unet, **algo.hparams())  # what a checkpoint does
+    assert rebuilt.hparams() == algo.hparams()
+    for bad in (1.5, 0, True, "x"):
+        with pytest.raises(ValueError, match="epsilon"):
+            create("reptile", small_unet, epsilon=bad)
     with pytest.raises(ValueError, match="inner_steps"):
         create("reptile", small_unet, inner_steps=0)
 

@@ -56,6 +56,12 @@ def test_info_table(tmp_path, capsys):
     assert sum(line.lstrip().startswith(("BT-474", "MCF7")) for line in out.splitlines()) == 6  # 2 lines x 3 splits
 
 
+def test_info_legend_defines_every_column():
+    from benchmark.commands.data import HEADERS, LEGEND
+
+    assert list(LEGEND) == list(HEADERS.values())
+
+
 def test_info_and_synth_without_root_use_the_default_set(tmp_path, monkeypatch, capsys):
     default = write_dataset(tmp_path / "default", lines=("SkBr3",))
     monkeypatch.setattr(tasks.synth, "default_root", lambda: default)
@@ -89,12 +95,14 @@ def test_download_through_the_cli(tmp_path, capsys):
     "argv, needle",
     [
         (["data", "info", "--root", "{tmp}/nowhere"], "LIVECell root not found"),
+        (["data", "info", "--root", "{tmp}/a-file"], "a-file: is not a folder"),
         (["data", "synth", "--seed", "1"], "need --root"),
         (["data", "synth", "--root", "{tmp}/full", "--images-per-line", "2"], "images_per_line"),
         (["data", "download", "--root", "{tmp}/dl", "--base-url", "http://127.0.0.1:9/"], "cannot connect"),
     ],
 )
 def test_errors_are_one_line(tmp_path, capsys, argv, needle):
+    (tmp_path / "a-file").write_text("")
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("error:") == 1 and "Traceback" not in err

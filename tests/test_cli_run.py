@@ -68,8 +68,8 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(synthetic_root, tmp
     summary = execute(config, interrupted)
     assert summary["resumed_from"] == 2
     for name in ("episodes.csv.gz", "train_log.csv"):
-        a = pd.read_csv(whole.run_dir(config.run_id) / name)
-        b = pd.read_csv(interrupted.run_dir(config.run_id) / name)
+        a = pd.read_csv(whole.run_dir(config.run_id) / name).drop(columns="wall_s", errors="ignore")  # a clock
+        b = pd.read_csv(interrupted.run_dir(config.run_id) / name).drop(columns="wall_s", errors="ignore")
         pd.testing.assert_frame_equal(a, b)
     a = torch.load(whole.run_dir(config.run_id) / "checkpoint.pt", weights_only=False)
     b = torch.load(interrupted.run_dir(config.run_id) / "checkpoint.pt", weights_only=False)
@@ -149,3 +149,110 @@ def test_sweep_runs_a_grid_on_identical_episodes_and_resumes(synthetic_root, tmp
     assert "fomaml" in index and "finetune" in index
     assert (tmp_path / "tables" / "leave_one_line_out.csv").is_file()
     assert (tmp_path / "plots" / "held_out_bars.png").stat().st_size > 0
+
+
+# -- what a newcomer hits (issue 10): errors, records that should not exist, attempts -------------------------------
+
+
+@pytest.mark.parametrize("command", ["run", "sweep", "report"])
+@pytest.mark.parametrize("where", ["a-file", "a-file/below", "/proc/fewshot-cellseg"])
+def test_an_unwritable_out_is_one_line_naming_the_path(synthetic_root, tmp_path, capsys, command, where):
+    (tmp_path / "a-file").write_text("")
+    out = where if where.startswith("/") else str(tmp_path / where)
+    grid = {"run": ["--algo", "reptile"], "sweep": ["--algos", "reptile", "--holdouts", "MCF7", "--k", "1"]}
+    if command == "report":
+        results = tmp_path / "results"
+        execute(smoke(synthetic_root, algo="reptile", meta_steps=1), Store(results))
+        argv = ["report", "--results", str(results), "--out", out]
+    else:
+        argv = [command, "--preset", "smoke", "--data-root", str(synthetic_root), "--out", out, *grid[command]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    assert out.split("/")[-1] in err or "a-file" in err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--data-root", "/nonexistent/livecell"], "LIVECell root not found"),
+        (["--k", "9"], "MCF7 has 6 test images"),
+        (["--device", "cuda"], "no CUDA GPU is available"),
+    ],
+)
+def test_a_run_that_never_started_leaves_no_record(synthetic_root, tmp_path, capsys, extra, message):
+    if "--device" in extra and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    args = ["run", "--preset", "smoke", "--algo", "reptile", "--data-root", str(synthetic_root), "--out", str(tmp_path)]
+    assert main(args + extra) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_resumed_run_counts_every_attempt_and_its_whole_training_time(synthetic_root, tmp_path):
+    config = smoke(synthetic_root, algo="fomaml", meta_steps=4, checkpoint_every=1)
+    store = Store(tmp_path)
+    checkpoint = store.checkpoint
+
+    def stop_at_step_two(config_, algo, state, log):
+        checkpoint(config_, algo, state, log)
+        if state.step == 2:
+            (store.run_dir(config.run_id) / ".checkpoint.pt.x1.tmp").write_bytes(b"half")  # what kill -9 leaves
+            (store.run_dir(config.run_id) / "train_log.csv.x2.tmp").write_bytes(b"half")
+            raise KeyboardInterrupt
+
+    store.checkpoint = stop_at_step_two
+    with pytest.raises(KeyboardInterrupt):
+        execute(config, store)
+    trained = pd.read_csv(store.run_dir(config.run_id) / "train_log.csv").wall_s.iloc[-1]
+    del store.checkpoint
+    summary = execute(config, store)
+    assert summary["resumed_from"] == 2 and summary["attempts"] == 2
+    log = pd.read_csv(store.run_dir(config.run_id) / "train_log.csv")
+    assert log.wall_s.is_monotonic_increasing and log.wall_s.iloc[1] == pytest.approx(trained)
+    assert summary["wall_s"] >= log.wall_s.iloc[-1]  # training over both attempts, then evaluation
+    assert not list(store.run_dir(config.run_id).glob("*.tmp"))
+    assert summary["numerics_version"] == json.loads((store.run_dir(config.run_id) / "config.json").read_text())["numerics_version"]
+
+
+def test_result_files_are_readable_by_everyone(synthetic_root, tmp_path):
+    config = smoke(synthetic_root, algo="reptile", meta_steps=1)
+    store = Store(tmp_path)
+    execute(config, store)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in store.run_dir(config.run_id).iterdir()}
+    assert set(modes.values()) == {0o644}, modes
+
+
+def test_reptile_epsilon_reaches_the_algorithm_from_the_cli_and_a_toml_table(synthetic_root, tmp_path):
+    from benchmark.runner import build
+
+    base = ["run", "--preset", "default", "--algo", "reptile", "--holdout", "MCF7", "--print-config"]
+    assert main(base + ["--opt", "epsilon=0.5"]) == 0
+    config = resolve("default", algo="reptile", algo_options=[("epsilon", 0.5)])
+    hparams = build(config).hparams()
+    assert (hparams["epsilon"], hparams["outer_optimizer"], hparams["outer_lr"]) == (0.5, "sgd", 0.5)
+    table = tmp_path / "reptile.toml"
+    table.write_text("[algorithms.reptile]\nepsilon = 0.25\n")
+    assert build(resolve("default", table, algo="reptile")).hparams()["epsilon"] == 0.25
+    # and a run with it trains and evaluates
+    summary = execute(smoke(synthetic_root, algo="reptile", meta_steps=2, algo_options=[("epsilon", 0.5)]), Store(tmp_path))
+    assert summary["status"] == "completed"
+
+
+def test_an_algorithm_table_error_names_its_file(tmp_path, capsys):
+    table = tmp_path / "mine.toml"
+    table.write_text("[algorithms.reptile]\nepsilon = 2.0\n")
+    assert main(["run", "--preset", "smoke", "--algo", "reptile", "--config", str(table), "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert f"{table}: [algorithms.reptile]: reptile: epsilon must be a number in (0, 1]" in err
+
+
+def test_the_runs_torch_threads_are_set_recorded_and_restored(synthetic_root, tmp_path):
+    before = torch.get_num_threads()
+    config = smoke(synthetic_root, algo="reptile", meta_steps=1, threads=2)
+    store = Store(tmp_path)
+    execute(config, store)
+    assert torch.get_num_threads() == before
+    recorded = json.loads((store.run_dir(config.run_id) / "config.json").read_text())
+    assert recorded["threads"] == 2
+    assert smoke(synthetic_root, threads=1).run_id != smoke(synthetic_root, threads=2).run_id

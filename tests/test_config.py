@@ -46,7 +46,8 @@ def test_none_means_whole_images():
         (lambda tmp: resolve("smoke", _write(tmp, "x = [")), "bad.toml: invalid TOML"),
         (lambda tmp: resolve("smoke", _write(tmp, "metasteps = 3")), "bad.toml: unknown setting 'metasteps'"),
         (lambda tmp: resolve("smoke", holdout="HeLa"), "unknown cell line 'HeLa'; valid lines: A172, BT-474"),
-        (lambda tmp: resolve("smoke", k=0), "invalid value for k: 0"),
+        (lambda tmp: resolve("smoke", k=0), "invalid value for k: 0 (must be >= 1)"),
+        (lambda tmp: resolve("smoke", crop=4), "invalid value for crop: 4 (must be >= 8, or 'none' for whole images)"),
     ],
 )
 def test_errors_are_one_clear_line(tmp_path, call, message):

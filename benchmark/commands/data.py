@@ -16,6 +16,12 @@ HEADERS = {  # summarize() column -> table header (narrow: the table must fit 80
     "median_area": "area", "solidity": "solidity", "circularity": "circ.", "cover_fraction": "cover",
     "median_intensity": "intens.",
 }
+LEGEND = {  # header -> what it means, shown under the table
+    "line": "cell line", "split": "train, val or test", "img": "images", "cells": "annotated cells in all images",
+    "per img": "median cells per image", "area": "median cell area (px)",
+    "solidity": "median over cells of area / convex-hull area", "circ.": "circularity, median over cells of "
+    "4 pi area / perimeter^2", "cover": "mean foreground fraction", "intens.": "median over images of the median grey level",
+}
 FORMATS = {"cells_per_image": "{:.0f}", "median_area": "{:.0f}", "solidity": "{:.2f}", "circularity": "{:.2f}",
            "cover_fraction": "{:.2f}", "median_intensity": "{:.0f}"}
 ROOT_HELP = "a dataset folder in the official LIVECell layout (images/, annotations/)"
@@ -127,8 +133,7 @@ def run_info(args: argparse.Namespace) -> int:
         return 0
     view = Table(
         title=f"{data.root}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
-        caption="area: median cell area (px); solidity, circ(ularity): medians over cells; cover: mean foreground "
-        "fraction; intens(ity): median grey level", caption_justify="left",
+        caption="; ".join(f"{header}: {meaning}" for header, meaning in LEGEND.items()), caption_justify="left",
     )
     for column, header in HEADERS.items():
         view.add_column(header, justify="left" if column in ("line", "split") else "right", no_wrap=True)

@@ -9,7 +9,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from benchmark.config import FIELDS, HELP, OPTIONAL, ConfigError, RunConfig, available_presets, resolve
+from benchmark.config import (
+    FIELDS, HELP, OPTIONAL, ConfigError, RunConfig, algorithm_table_sources, available_presets, resolve,
+)
 
 GRID = ("algo", "holdout", "k", "seed")  # what `sweep` varies; `run` takes them one at a time
 
@@ -79,5 +81,13 @@ def config_from_args(args: argparse.Namespace, **grid: Any) -> RunConfig:
         import torch
 
         config = dataclasses.replace(config, device="cuda" if torch.cuda.is_available() else "cpu")
-    check_buildable(dataclasses.replace(config, holdout=RunConfig.holdout, k=1, seed=0))
+    try:
+        check_buildable(dataclasses.replace(config, holdout=RunConfig.holdout, k=1, seed=0))
+    except ValueError as err:  # name the file when the culprit is a setting of its [algorithms.NAME] table
+        given_here = {key for key, _ in (getattr(args, "algo_options", None) or ())}
+        sources = algorithm_table_sources(args.preset, args.config, config.algo)
+        files = sorted({str(path) for key, path in sources.items() if key not in given_here and key in str(err)})
+        if files:
+            raise ConfigError(f"{', '.join(files)}: [algorithms.{config.algo}]: {err}") from None
+        raise
     return config

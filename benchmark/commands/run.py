@@ -82,6 +82,7 @@ def main(args: argparse.Namespace) -> int:
     from benchmark.store import Store
 
     store = Store(args.out)
+    store.check_writable()
     with progress_view(console) as progress:
         if config.data_root is None:
             prepare_default_data(progress)

@@ -91,6 +91,7 @@ def main(args: argparse.Namespace) -> int:
     from benchmark.store import Store
 
     store = Store(args.out)
+    store.check_writable()
     todo = [c for c in configs if args.force or not store.is_complete(c.run_id)]
     console.print(f"sweep: {len(configs)} runs, {len(configs) - len(todo)} already finished, {len(todo)} to run, {args.jobs} at a time")
     if todo:

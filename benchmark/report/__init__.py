@@ -12,10 +12,11 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.report import plots, tables
-from benchmark.report.records import BASELINE, completed_runs, load_episodes
+from benchmark.report.records import BASELINE, completed_runs, load_episodes, stale_runs
 from benchmark.report.summaries import (
     LINE_ORDER, adaptation_curves, algo_order, cell_summary, ordered, paired_differences,
 )
+from benchmark.numerics import NUMERICS_VERSION
 from benchmark.stats import N_RESAMPLES
 from tasks.errors import DataError
 
@@ -37,9 +38,9 @@ def _csv(path: Path, frame: pd.DataFrame) -> Path:
 def build_report(results: Path, out: Path, n_resamples: int = N_RESAMPLES) -> list[Path]:
     """Write the report of ``results`` (a folder with ``runs/``) into ``out``; return the files written."""
     results, out = Path(results), Path(out)
-    runs = completed_runs(results)
+    runs, stale = completed_runs(results), stale_runs(results)
     if runs.empty:
-        raise DataError(f"{results}: no completed runs under {results / 'runs'}")
+        raise DataError(f"{results}: no completed runs of today's code under {results / 'runs'}{_stale_note(stale)}")
     records = load_episodes(runs)
     cells = cell_summary(records, n_resamples)
     curves = adaptation_curves(records, n_resamples)
@@ -69,11 +70,20 @@ def build_report(results: Path, out: Path, n_resamples: int = N_RESAMPLES) -> li
                 examples.append((line, int(k), grid))
     written += [grid for _, _, grid in examples]
 
-    written.append(_write(out / "report.md", _index(results, runs, records, lolo_md, published_md, examples, out)))
+    index = _index(results, runs, records, lolo_md, published_md, examples, out, paired=len(pairs) > 0, stale=stale)
+    written.append(_write(out / "report.md", index))
     return written
 
 
-def _index(results, runs, records, lolo_md, published_md, examples, out: Path) -> str:
+def _stale_note(stale: dict[str, int]) -> str:
+    if not stale:
+        return ""
+    found = ", ".join(f"{n} of numerics version {version}" for version, n in sorted(stale.items()))
+    return (f" ({sum(stale.values())} stale run(s) left out: {found}; today's is {NUMERICS_VERSION}; "
+            "rerun them with `python -m benchmark sweep`)")
+
+
+def _index(results, runs, records, lolo_md, published_md, examples, out: Path, paired: bool, stale: dict[str, int]) -> str:
     """``report.md``: what was measured, the headline table inline, links to everything else."""
     steps = sorted(records.loc[records["final"], "step"].unique())
     preset = ", ".join(f"`{p}`" for p in sorted(set(map(str, runs["preset"]))))
@@ -89,6 +99,7 @@ def _index(results, runs, records, lolo_md, published_md, examples, out: Path) -
         f"(step {', '.join(map(str, steps))}) with a 95% bootstrap confidence interval: BCa over episodes with one seed, "
         "a two-level bootstrap (seeds, then episodes within a seed) with several. "
         f"Held-out episodes per run: {tables.span(episodes)}. \"{tables.MISSING}\" marks a combination not run yet.\n",
+        *([f"Left out:{_stale_note(stale)}.\n"] if stale else []),
         "## Leave one line out\n",
         "Each column is a run with that line held out of meta-training; the cell is IoU on that line.\n",
         lolo_md,
@@ -101,10 +112,16 @@ def _index(results, runs, records, lolo_md, published_md, examples, out: Path) -
         "## Every line, per held-out line\n",
         f"The seed paper's table layout: for each held-out line, IoU on all eight lines (seven seen in meta-training, "
         f"on their test split). [Markdown]({TABLES}/per_holdout.md), [CSV]({TABLES}/per_holdout.csv).\n",
-        f"## Paired comparisons against `{BASELINE}`\n",
-        "Each algorithm minus fine-tuning on identical held-out episodes: mean difference with 95% CI, Wilcoxon "
-        f"signed-rank p, Holm-corrected across the lines of each algorithm and k. [Markdown]({TABLES}/paired.md), "
-        f"[CSV]({TABLES}/paired.csv).\n",
+        *(
+            [
+                f"## Paired comparisons against `{BASELINE}`\n",
+                "Each algorithm minus fine-tuning on identical held-out episodes: mean difference with 95% CI, "
+                "Wilcoxon signed-rank p, Holm-corrected across the lines of each algorithm and k. "
+                f"[Markdown]({TABLES}/paired.md), [CSV]({TABLES}/paired.csv).\n",
+            ]
+            if paired
+            else []
+        ),
         "## The seed paper's published numbers (a different setting)\n",
         "The seed paper meta-trained a U-Net with a VGG-11 encoder on the real LIVECell images and held out MCF7. "
         f"These runs use {data} and the model of preset `{preset}`, so the two columns come from different settings "

@@ -5,6 +5,8 @@ the report works on a partial sweep. A report pools runs of one setting only: ru
 configurations differ in anything but the grid (algorithm and its own options, held-out line, k,
 seed) or whose data differ, or two runs of the same (algorithm, held-out line, k, seed), are refused
 rather than mixed: only then are episodes with the same index the same episodes, and pairs real.
+Runs computed by other code than today's (another numerics version, :mod:`benchmark.numerics`) are stale: left
+out and counted (:func:`stale_runs`), never reported as today's numbers.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmark.numerics import NUMERICS_VERSION
 from tasks.catalogue import LINES
 from tasks.errors import DataError
 
@@ -29,9 +32,8 @@ def is_results_folder(path: Path) -> bool:
     return (Path(path) / "runs").is_dir()
 
 
-def completed_runs(results: Path) -> pd.DataFrame:
-    """One row per completed run: run_id, algo, holdout, k, seed, preset, data, folder."""
-    rows, settings = [], {}
+def _summaries(results: Path):
+    """(path, summary) of every completed run in ``results``."""
     for summary_path in sorted(Path(results, "runs").glob("*/summary.json")):
         try:
             summary = json.loads(summary_path.read_text())
@@ -39,7 +41,25 @@ def completed_runs(results: Path) -> pd.DataFrame:
             raise DataError(f"{summary_path}: not valid JSON ({err})") from None
         if not isinstance(summary, dict):
             raise DataError(f"{summary_path}: not a run summary (expected a JSON object)")
-        if summary.get("status") != "completed":
+        if summary.get("status") == "completed":
+            yield summary_path, summary
+
+
+def stale_runs(results: Path) -> dict[str, int]:
+    """Completed runs computed by other numerics than today's, counted by the version they record."""
+    counts: dict[str, int] = {}
+    for _, summary in _summaries(results):
+        if summary.get("numerics_version") != NUMERICS_VERSION:
+            version = str(summary.get("numerics_version", "none (before versioning)"))
+            counts[version] = counts.get(version, 0) + 1
+    return counts
+
+
+def completed_runs(results: Path) -> pd.DataFrame:
+    """One row per completed run of today's numerics: run_id, algo, holdout, k, seed, preset, data, folder."""
+    rows, settings = [], {}
+    for summary_path, summary in _summaries(results):
+        if summary.get("numerics_version") != NUMERICS_VERSION:
             continue
         config = summary.get("config")
         config = config if isinstance(config, dict) else {}
