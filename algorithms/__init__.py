@@ -6,12 +6,15 @@ The interface (see :mod:`algorithms.base`), used by the runner::
     algo = create("maml", model, inner_steps=10, inner_lr=0.4)   # available() lists the names
     state = algo.init_state(model.init(seed))                    # MetaState: params, extra, optimizer, step
     state, metrics = algo.meta_step(state, task_batch)           # metrics: "loss", "passes", "images"
-    for step, params in algo.adapt(state, support_x, support_y): # E episodes at once, steps 0..n
-        logits = algo.predict(params, query_x)                   # [E, q, 1, H, W]
+    for step, params in algo.adapt(state, support_x, support_y): # E episodes at once, steps 0..n of
+        logits = algo.predict(params, query_x)                   # algo.adaptation; [E, q, 1, H, W]
+    algo.adapt(state, support_x, support_y, algo.adaptation.with_rate(0.1))  # another rate
     save_checkpoint(path, algo, state); algo, state = load_checkpoint(path)
 
 One file per algorithm, each readable top to bottom: ``maml`` (second order), ``fomaml``
-(first order), ``reptile``, ``finetune`` (the budget-matched transfer baseline).
+(first order), ``reptile``, ``finetune`` (the budget-matched transfer baseline). What they share:
+``base`` (the interface), ``adaptation`` (the inner loop: which parameters, rates, steps), ``batching``
+(tasks looped or vmapped), ``optim`` (the outer optimiser), ``gradients``, ``state`` (the MetaState).
 """
 
 from algorithms.base import Algorithm, MetaState

@@ -2,7 +2,8 @@
 
 No meta-learning: ordinary minibatch training of the same model with the same loss on the pooled
 images of the training tasks, with the outer optimiser. At test time it adapts to a new task's
-support set with the same shared procedure as every meta-learner (``Algorithm.adapt``).
+support set with the shared default adaptation (``Algorithm.adapt``: every parameter, n plain steps at
+the inner rate); its training has no inner loop for that adaptation to match.
 
 Budget matching. Each meta-step trains on the images of one meta-batch (T tasks, support and query
 pooled: T * (k + q) images) with exactly the passes first-order MAML spends on that batch: n + 1
@@ -17,7 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from algorithms.base import Algorithm, MetaState, grad_and_loss
+from algorithms.base import Algorithm, MetaState
+from algorithms.gradients import grad_and_loss
 from algorithms.models import Model
 from algorithms.registry import register
 from tasks.batch import TaskBatch
@@ -30,6 +32,8 @@ class FineTune(Algorithm):
     those of :class:`algorithms.base.Algorithm` (``inner_steps`` sets the budget, as above; the
     inner rate is used only at test time). ``task_batching`` must stay "auto": the pooled images have
     no task axis to batch over."""
+
+    trains_by_adaptation = False  # ordinary training: no inner loop; adapts at test time with the shared default
 
     def __init__(self, model: Model, seed: int = 0, **hparams):
         super().__init__(model, **hparams)
@@ -58,7 +62,7 @@ class FineTune(Algorithm):
         order = torch.cat([torch.randperm(len(images), generator=generator) for _ in range(rounds)]).to(images.device)
 
         # 3. Ordinary training: one optimiser step per minibatch.
-        optimizer, params, extra = self.open_optimizer(state)
+        optimizer, params, extra = self.outer.open(state)
         losses, start = [], 0
         for size in sizes:
             pick = order[start : start + size]
@@ -68,7 +72,7 @@ class FineTune(Algorithm):
             for name, leaf in params.items():
                 leaf.grad = grads[name]
             optimizer.step()
-        return self.close_optimizer(state, optimizer, params, extra), {
+        return self.outer.close(state, optimizer, params, extra), {
             "loss": sum(losses) / len(losses),  # mean minibatch loss over this meta-step
             "passes": len(sizes),
             "images": sum(sizes),

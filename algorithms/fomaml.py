@@ -17,7 +17,8 @@ on accelerators; on CPU it loops, which was faster there).
 
 from __future__ import annotations
 
-from algorithms.base import Algorithm, MetaState, grad_and_loss, sgd_step
+from algorithms.base import Algorithm, MetaState
+from algorithms.gradients import grad_and_loss
 from algorithms.registry import register
 from tasks.batch import TaskBatch
 
@@ -30,9 +31,8 @@ class FOMAML(Algorithm):
         # 1. One task: adapt with plain gradient steps, then the query gradient at the adapted weights.
         def query_gradient_after_adaptation(params, extra, support_x, support_y, query_x, query_y):
             fast = params
-            for j in range(self.inner_steps):
-                inner_grads, _ = grad_and_loss(self.loss_on, fast, support_x, support_y)  # a constant
-                fast = sgd_step(fast, inner_grads, self.step_size(extra, j))
+            for j in range(self.adaptation.steps):
+                fast, _ = self.adaptation.step(self.loss_on, fast, extra, j, support_x, support_y)  # g_j a constant
             return grad_and_loss(self.loss_on, fast, query_x, query_y)  # = the first-order meta-gradient
 
         # 2. Averaged over the tasks of the meta-batch.

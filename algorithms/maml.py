@@ -19,18 +19,18 @@ trades time for that memory: the first c inner steps are each wrapped in ``torch
 (non-reentrant), so only the weights phi_j between them are kept and a step's activations are recomputed when
 the outer backward pass reaches it; the last n - c steps keep theirs. The outer backward pass frees the kept
 steps before it recomputes the first, so the peak holds about max(n - c, 1) steps of activations. Each
-recomputed step costs one more forward-backward pass and one more forward pass (1.33 B counted by ``bench``):
-checkpointing keeps none of the step's activations, so the step's own inner gradient, taken inside the region,
-already recomputes its forward once. Measured at n = 10 on the reference U-Net (7 tasks
-x (3 + 3) 64x64 images, one CPU thread): plain 519 MB; c = 7 205 MB (0.40x) for 1.39x the time; ``True`` (c = n)
-140 MB for 1.53x; ``False`` is c = 0. The gradient is the same, bit for bit.
+recomputed step costs one more forward-backward pass and one more forward pass: checkpointing keeps none of the
+step's activations, so the step's own inner gradient, taken inside the region, already recomputes its forward
+once. The gradient is the same, bit for bit. What that buys and costs on a given configuration:
+``python -m benchmark bench --algos maml,maml:checkpoint_inner=true`` (seconds, FLOPs and peak memory per
+meta-step).
 """
 
 from __future__ import annotations
 
 from torch.utils.checkpoint import checkpoint
 
-from algorithms.base import Algorithm, MetaState, grad_and_loss, sgd_step
+from algorithms.base import Algorithm, MetaState
 from algorithms.models import Model
 from algorithms.registry import register
 from tasks.batch import TaskBatch
@@ -68,17 +68,16 @@ class MAML(Algorithm):
         return "loop" if self.recomputed_steps else super()._auto_task_batching(per_task)
 
     def meta_step(self, state: MetaState, batch: TaskBatch) -> tuple[MetaState, dict[str, float]]:
-        # 1. One differentiable inner step: `fast` depends on params, and so does this gradient, so
+        # 1. One differentiable inner step: `fast` depends on params, and so does its gradient, so
         #    the outer derivative sees it (second order).
         def inner_step(fast, extra, j, support_x, support_y):
-            inner_grads, _ = grad_and_loss(self.loss_on, fast, support_x, support_y, create_graph=True)
-            return sgd_step(fast, inner_grads, self.step_size(extra, j))
+            return self.adaptation.step(self.loss_on, fast, extra, j, support_x, support_y, create_graph=True)[0]
 
         # 2. The outer loss of one task, as a function of the meta-parameters (theta and, for
         #    algorithms that meta-learn them, the inner rates in `extra`).
         def query_loss_after_adaptation(params, extra, support_x, support_y, query_x, query_y):
             fast = params
-            for j in range(self.inner_steps):
+            for j in range(self.adaptation.steps):
                 if j < self.recomputed_steps:  # keep phi_j only; recompute the step in the backward pass
                     fast = checkpoint(inner_step, fast, extra, j, support_x, support_y, use_reentrant=False)
                 else:

@@ -23,7 +23,8 @@ import math
 
 import torch
 
-from algorithms.base import Algorithm, MetaState, grad_and_loss, sgd_step
+from algorithms.adaptation import sgd_step
+from algorithms.base import Algorithm, MetaState
 from algorithms.models import Model
 from algorithms.registry import register
 from tasks.batch import TaskBatch
@@ -54,14 +55,13 @@ class Reptile(Algorithm):
         images = torch.cat([batch.support_x, batch.query_x], dim=1)  # [T, k + q, 1, H, W]
         masks = torch.cat([batch.support_y, batch.query_y], dim=1)
         k, pooled = batch.support_x.shape[1], images.shape[1]
-        picks = [torch.arange(j * k, (j + 1) * k, device=images.device) % pooled for j in range(self.inner_steps)]
+        picks = [torch.arange(j * k, (j + 1) * k, device=images.device) % pooled for j in range(self.adaptation.steps)]
 
-        # 2. One task: n plain SGD steps from theta.
+        # 2. One task: n steps of its adaptation from theta (plain SGD by default).
         def adapted_params(params, extra, task_images, task_masks):
             fast = params
             for j, pick in enumerate(picks):
-                grads, loss = grad_and_loss(self.loss_on, fast, task_images[pick], task_masks[pick])
-                fast = sgd_step(fast, grads, self.step_size(extra, j))
+                fast, loss = self.adaptation.step(self.loss_on, fast, extra, j, task_images[pick], task_masks[pick])
             return fast, loss
 
         # 3. The mean adapted weights over the meta-batch.

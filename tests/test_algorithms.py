@@ -1,5 +1,7 @@
-"""Each algorithm's update against an independent computation, the fine-tune budget, shared
-adaptation, error handling, and that every algorithm learns on tiny synthetic tasks."""
+"""Each algorithm's update against an independent computation, the fine-tune budget, adaptation (every
+algorithm adapts at test time as its training inner loop did; the adaptation object's rate schedules,
+learned rates, parameter subsets and overrides), error handling, and that every algorithm learns on tiny
+synthetic tasks."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import torch
 from torch.func import grad
 
 from algorithms import MetaState, ModelConfig, available, build_model, create
+from algorithms.adaptation import Adaptation
 from algorithms.reptile import Reptile
 from tasks.batch import TaskBatch
 
@@ -204,26 +207,6 @@ def test_adapt_batched_over_episodes_equals_one_by_one(small_unet):
     torch.testing.assert_close(logits[1], small_unet.apply({k: v[1] for k, v in together[-1][1].items()}, batch.query_x[1]))
 
 
-def test_adapt_uses_per_parameter_rates_an_algorithm_keeps_in_extra(small_unet):
-    """The hook for meta-learned rates (Meta-SGD): step_size reads them from MetaState.extra."""
-
-    class LearnedRates(type(create("fomaml", small_unet))):
-        def init_state(self, params):
-            state = super().init_state(params)
-            return MetaState(state.params, {k: torch.full_like(v, 0.1) for k, v in params.items()}, {}, 0)
-
-        def step_size(self, extra, step):
-            return extra
-
-    algo = LearnedRates(small_unet, inner_steps=1)
-    batch = disc_tasks(1, 2, 2, seed=2)
-    state = algo.init_state(small_unet.init(0))
-    (_, start), (_, adapted) = algo.adapt(state, batch.support_x, batch.support_y)
-    grads = grad(algo.loss_on)(state.params, batch.support_x[0], batch.support_y[0])
-    for k in grads:
-        torch.testing.assert_close(adapted[k][0], state.params[k] - 0.1 * grads[k], rtol=1e-5, atol=1e-7)
-
-
 @pytest.mark.parametrize("name", ["maml", "fomaml", "reptile", "finetune"])
 def test_non_finite_loss_is_a_one_line_error(small_unet, name):
     algo = create(name, small_unet, inner_steps=1)
@@ -237,3 +220,116 @@ def test_non_finite_loss_is_a_one_line_error(small_unet, name):
 
 def test_all_four_are_registered():
     assert {"maml", "fomaml", "reptile", "finetune"} <= set(available())
+
+
+# -- adaptation: test time is the training inner loop -------------------------------------------------
+
+
+def float64(params):
+    return {k: v.double() for k, v in params.items()}
+
+
+class Recorder:
+    """An adaptation that remembers the weights after each of its steps (what a training inner loop made)."""
+
+    def __init__(self, adaptation: Adaptation):
+        self.adaptation, self.weights = adaptation, []
+
+    def __getattr__(self, name):
+        return getattr(self.adaptation, name)
+
+    def step(self, *args, **kwargs):
+        params, loss = self.adaptation.step(*args, **kwargs)
+        self.weights.append({k: v.detach().clone() for k, v in params.items()})
+        return params, loss
+
+
+SPECIALISED = Adaptation(steps=3, rate=(0.1, 0.3, 0.2), parameters=("head", "dec0"))
+
+
+@pytest.mark.parametrize("specialised", [False, True], ids=["default", "specialised"])
+@pytest.mark.parametrize("name", available())
+def test_test_time_adaptation_is_the_training_inner_loop(small_unet, name, specialised):
+    batching = {} if name == "finetune" else {"task_batching": "loop"}
+    algo = create(name, small_unet, inner_steps=3, **batching)
+    if not algo.trains_by_adaptation:  # no inner loop in training: it adapts with the shared default
+        assert algo.adaptation == Adaptation(steps=3, rate=algo.inner_lr)
+        return
+    if specialised:
+        algo.adaptation = SPECIALISED
+    tasks = disc_tasks(1, 2, 2, seed=4)
+    # query = support: the task is its support set for every algorithm (Reptile trains on support + query)
+    batch = type(tasks)(*(t.double() for t in (tasks.support_x, tasks.support_y, tasks.support_x, tasks.support_y)))
+    state = algo.init_state(float64(small_unet.init(0)))
+    recorder = Recorder(algo.adaptation)
+    algo.adaptation = recorder
+    algo.meta_step(state, batch)
+    algo.adaptation = recorder.adaptation
+    assert len(recorder.weights) == algo.adaptation.steps
+    trained = recorder.weights[-1]
+    *_, (_, adapted) = algo.adapt(state, batch.support_x, batch.support_y)
+    for k in trained:
+        torch.testing.assert_close(adapted[k][0], trained[k], rtol=1e-10, atol=1e-12)
+    moved = {k for k in trained if not torch.equal(trained[k], state.params[k])}
+    assert moved == {k for k in trained if algo.adaptation.adapts(k)}
+
+
+def manual_adaptation(algo, params, x, y, rates, adapts=lambda name: True):
+    fast = dict(params)
+    for rate in rates:
+        grads = grad(algo.loss_on)(fast, x, y)
+        fast = {k: v - rate * grads[k] if adapts(k) else v for k, v in fast.items()}
+    return fast
+
+
+def test_override_rate_schedule_and_parameter_subset(small_unet):
+    algo = create("fomaml", small_unet, inner_steps=2)
+    batch = disc_tasks(2, 2, 2, seed=1)
+    state = algo.init_state(small_unet.init(0))
+    cases = [
+        (algo.adaptation.with_rate(0.1), [0.1, 0.1], lambda k: True),
+        (Adaptation(3, rate=(0.2, 0.0, 0.5)), [0.2, 0.0, 0.5], lambda k: True),
+        (Adaptation(2, rate=0.4, parameters=("head",)), [0.4, 0.4], lambda k: k.startswith("head.")),
+    ]
+    for adaptation, rates, adapts in cases:
+        steps = list(algo.adapt(state, batch.support_x, batch.support_y, adaptation))
+        assert [i for i, _ in steps] == list(range(len(rates) + 1))
+        for e in range(2):
+            expected = manual_adaptation(algo, state.params, batch.support_x[e], batch.support_y[e], rates, adapts)
+            for k in expected:
+                torch.testing.assert_close(steps[-1][1][k][e], expected[k], rtol=1e-5, atol=1e-6)
+    assert algo.adaptation == Adaptation(2, rate=0.4)  # an override leaves the algorithm's own untouched
+
+
+def test_learned_per_parameter_rates_come_from_the_meta_state(small_unet):
+    """The hook for meta-learned rates (Meta-SGD): the schedule reads them from MetaState.extra."""
+    algo = create("fomaml", small_unet, inner_steps=1)
+    algo.adaptation = Adaptation(1, rate=lambda extra, step: {k[len("lr."):]: v for k, v in extra.items()})
+    batch = disc_tasks(1, 2, 2, seed=2)
+    params = small_unet.init(0)
+    state = MetaState(params, {f"lr.{k}": torch.full_like(v, 0.1) for k, v in params.items()}, {}, 0)
+    (_, start), (_, adapted) = algo.adapt(state, batch.support_x, batch.support_y)
+    grads = grad(algo.loss_on)(params, batch.support_x[0], batch.support_y[0])
+    for k in grads:
+        torch.testing.assert_close(adapted[k][0], params[k] - 0.1 * grads[k], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"steps": -1, "rate": 0.1}, "steps"),
+        ({"steps": 2, "rate": float("nan")}, "rate"),
+        ({"steps": 2, "rate": (0.1,)}, "2 rates"),
+        ({"steps": 2, "rate": 0.1, "parameters": "head"}, "tuple"),
+    ],
+)
+def test_bad_adaptation_settings_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        Adaptation(**settings)
+
+
+def test_parameters_that_match_nothing_are_an_error(small_unet):
+    algo = create("fomaml", small_unet, inner_steps=1)
+    batch = disc_tasks(1, 1, 1, seed=0)
+    with pytest.raises(ValueError, match="no parameter matches"):
+        list(algo.adapt(algo.init_state(small_unet.init(0)), batch.support_x, batch.support_y, Adaptation(1, 0.1, ("tail",))))

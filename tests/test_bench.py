@@ -211,7 +211,7 @@ def test_meta_step_memory_warms_up_batch_statistics_models_at_full_depth(synthet
     """The warm-up step's image keeps two pixels per side at the deepest level: batch-statistics normalisation
     fails on one value per channel (the paper preset's VGG-11 U-Net, depth 5, failed so on a 32-pixel warm-up)."""
     config = smoke(synthetic_root, algo="fomaml", crop=64, depth=5, width=2, norm="batch", inner_steps=1)
-    assert bench._meta_step_memory_here(config, via_higher=False, threads=1) > 0
+    assert bench.memory._meta_step_memory_here(config, via_higher=False, threads=1) > 0
 
 
 # -- the sweep estimate ------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import torch_optimizer
 
 from algorithms import Algorithm, ModelConfig, available, build_model, create, register
 from algorithms import registry
-from algorithms.base import optimizer_class
+from algorithms.optim import optimizer_class
 from tasks.batch import TaskBatch
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from algorithms import ModelConfig, build_model, create
-from algorithms.base import saved_megabytes
+from algorithms.batching import saved_megabytes
 from tasks.batch import TaskBatch
 
 INNER_STEPS = 2
