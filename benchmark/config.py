@@ -56,6 +56,10 @@ class RunConfig:
     seen_episodes: int = 10  # episodes on each meta-training line's test split
     eval_queries: int = 4  # query images per evaluation episode
     eval_batch: int = 8  # episodes adapted together (vmap over episodes)
+    # fair adaptation and budget curves, both on validation episodes of the meta-training lines' val split
+    adapt_rates: tuple[float, ...] = (0.4, 0.2, 0.1, 0.05, 0.02, 0.01)  # () = the seed protocol's rate only
+    validation_episodes: int = 16
+    budget_every: int = 0  # meta-steps between budget-curve points; 0 = none
     # execution
     device: str = "cpu"
     threads: int = 1  # torch's CPU threads; the last bits of CPU kernels depend on it, so it is part of the run id
@@ -83,6 +87,9 @@ class RunConfig:
             "eval_queries": (self.eval_queries >= 1, ">= 1"),
             "eval_batch": (self.eval_batch >= 1, ">= 1"),
             "threads": (self.threads >= 1, ">= 1"),
+            "validation_episodes": (self.validation_episodes >= 1, ">= 1"),
+            "budget_every": (self.budget_every >= 0, ">= 0"),
+            "adapt_rates": (all(rate > 0 for rate in self.adapt_rates), "rates > 0, or [] for none"),
             "checkpoint_every": (self.checkpoint_every >= 1, ">= 1"),
             "crop": (self.crop is None or self.crop >= 8, ">= 8, or 'none' for whole images"),
             "inner_lr": (self.inner_lr > 0, "> 0"),
@@ -136,6 +143,13 @@ def _checked(name: str, value: Any) -> Any:
         return None
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is tuple:  # a list of numbers (TOML reads a list)
+        numbers = isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        )
+        if not numbers:
+            raise ConfigError(f"invalid value for {name}: {value!r} (expected a list of numbers)")
+        return tuple(float(v) for v in value)
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ConfigError(f"invalid value for {name}: {value!r} (expected {kind.__name__})")
     return value
@@ -165,6 +179,13 @@ HELP = {
     "seen_episodes": "evaluation episodes on each meta-training line's test split (0 = skip)",
     "eval_queries": "query images per evaluation episode",
     "eval_batch": "evaluation episodes adapted together (vmap over episodes)",
+    "adapt_rates": "candidate test-time adaptation rates, comma-separated; each run selects one on validation "
+    "episodes of its meta-training lines (never the held-out line) and is evaluated at it ('tuned' protocol) and at "
+    "inner_lr ('seed' protocol); 'none' = the seed protocol only",
+    "validation_episodes": "episodes from the meta-training lines' val split that select the adaptation rate and "
+    "score the budget curve",
+    "budget_every": "meta-steps between points of the budget curve (validation IoU against meta-training spent); "
+    "0 = none",
     "device": "cpu, cuda, cuda:N or auto",
     "threads": "torch CPU threads of the run (default 1, so that sweep --jobs N shares N cores without "
     "oversubscribing them; part of the run id, since CPU results differ in the last bits with it)",

@@ -12,15 +12,25 @@ from rich.progress import Progress
 
 from benchmark.config import RunConfig
 from benchmark.errors import RunFailed
-from benchmark.runner import HELD_OUT, SEEN, RunResult, prepare, run
+from benchmark.runner import HELD_OUT, SEED_PROTOCOL, SEEN, TUNED_PROTOCOL, RunResult, prepare, run
 from benchmark.stats import mean_ci
 from benchmark.store import Store
 from tasks.errors import DataError
 
 
 def headline(result: RunResult) -> dict[str, Any]:
-    """The numbers a person looks at first: held-out IoU after adaptation (95% CI), before it, on seen lines."""
+    """The numbers a person looks at first, under the seed protocol (the algorithm's own adaptation): held-out
+    IoU after adaptation (95% CI), before it, on seen lines; and under ``tuned``, the same at the adaptation rate
+    selected on validation data, with the selection."""
     episodes = result.episodes
+    summary = _held_out(episodes[episodes.protocol == SEED_PROTOCOL])
+    if result.rate_selection is not None:
+        tuned = _held_out(episodes[episodes.protocol == TUNED_PROTOCOL])
+        summary["tuned"] = {"adaptation_rate": result.rate_selection.to_dict(), **tuned}
+    return summary
+
+
+def _held_out(episodes) -> dict[str, Any]:
     final = episodes[episodes.step == episodes.step.max()]
     held_out = mean_ci(final[final.role == HELD_OUT].iou)
     step0 = episodes[(episodes.step == 0) & (episodes.role == HELD_OUT)].iou

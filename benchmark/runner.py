@@ -20,15 +20,18 @@ from rich.progress import Progress
 
 import algorithms
 from algorithms import Algorithm, MetaState, ModelConfig
+from algorithms.adaptation import Adaptation
 from algorithms.losses import iou
 from benchmark.config import RunConfig
 from benchmark.errors import RunFailed
+from benchmark.validation import RateSelection, adapted_iou, select_rate, validation_batch
 from tasks.batch import TaskBatch
 from tasks.catalogue import LINES, cell_line
 from tasks.episodes import sample_episode, stack_episodes
 from tasks.livecell import LiveCell, open_livecell
 
 HELD_OUT, SEEN = "held-out", "seen"
+SEED_PROTOCOL, TUNED_PROTOCOL = "seed", "tuned"  # the algorithm's own adaptation; at the rate selected on validation
 EVAL_SPLIT = "test"
 TRAIN_SPLIT = "train"
 EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes use their own stream, shared by all algorithms
@@ -42,7 +45,8 @@ class RunResult:
     examples: dict[str, np.ndarray]
     algorithm: Algorithm
     state: MetaState
-    train_log: list[dict] = field(default_factory=list)  # one {step, loss, passes} per meta-step
+    train_log: list[dict] = field(default_factory=list)  # one {step, loss, passes, wall_s, ...} per meta-step
+    rate_selection: RateSelection | None = None
     wall_s: float = 0.0
     peak_mem_mb: float = 0.0
 
@@ -153,15 +157,34 @@ def move_state(state: MetaState, device: torch.device) -> MetaState:
     return MetaState(move(state.params), move(state.extra), move(state.optimizer), state.step)
 
 
-def meta_train(config, data, algo, state, log, device, on_checkpoint, progress) -> MetaState:
+def meta_train(config, data, algo, state, log, device, on_checkpoint, progress, validation=None) -> MetaState:
     """Meta-steps from ``state.step`` to ``config.meta_steps``, appending (step, loss, passes, wall_s) to ``log``.
 
     ``wall_s`` is the meta-training time up to that step over every attempt (a resumed run continues the clock
-    of its checkpoint), so a run's cost does not depend on how often it was interrupted.
-    Stops with :class:`RunFailed` on a non-finite loss.
+    of its checkpoint), so a run's cost does not depend on how often it was interrupted. Every ``budget_every``
+    meta-steps (and at step 0 and the last) the entry also holds the budget curve's point: IoU on the
+    ``validation`` episodes before and after the algorithm's adaptation (``val_iou_0``, ``val_iou_n``), timed
+    apart from training. Stops with :class:`RunFailed` on a non-finite loss.
     """
     task = progress.add_task("meta-train", total=config.meta_steps, completed=state.step) if progress else None
     clock = time.perf_counter() - trained_seconds(log)
+
+    def budget_point(step: int) -> dict:
+        nonlocal clock
+        if validation is None or not config.budget_every:
+            return {}
+        if step % config.budget_every and step != config.meta_steps:
+            return {}
+        started = time.perf_counter()
+        try:
+            before, after = adapted_iou(algo, state, validation)
+        except FloatingPointError as err:
+            raise RunFailed(f"adaptation diverged on the validation episodes at meta-step {step}: {err}") from None
+        clock += time.perf_counter() - started  # not meta-training time
+        return {"val_iou_0": round(before, 6), "val_iou_n": round(after, 6)}
+
+    if state.step == 0 and not log and validation is not None and config.budget_every:
+        log.append({"step": 0, "loss": float("nan"), "passes": 0, "wall_s": 0.0, **budget_point(0)})
     while state.step < config.meta_steps:
         batch = meta_batch(config, data, state.step).to(device)
         try:
@@ -178,11 +201,22 @@ def meta_train(config, data, algo, state, log, device, on_checkpoint, progress) 
                 "wall_s": round(time.perf_counter() - clock, 3),
             }
         )
+        log[-1].update(budget_point(state.step))
         if on_checkpoint and (state.step % config.checkpoint_every == 0 or state.step == config.meta_steps):
             on_checkpoint(algo, state, log)
         if progress:
             progress.update(task, advance=1, description=f"meta-train  loss {metrics['loss']:.3f}")
     return state
+
+
+def validation_set(config: RunConfig, data: LiveCell, device: torch.device) -> TaskBatch | None:
+    """The run's validation episodes (meta-training lines' val split), if rate selection or budget points need them."""
+    if not (config.adapt_rates or config.budget_every):
+        return None
+    batch = validation_batch(
+        data, training_lines(config), config.k, config.eval_queries, config.crop, config.seed, config.validation_episodes
+    )
+    return batch.to(device)
 
 
 def trained_seconds(log: list[dict]) -> float:
@@ -198,18 +232,22 @@ def evaluation_episodes(config: RunConfig, data: LiveCell, line: str, indices: r
     return [sample_episode(data, line, EVAL_SPLIT, config.k, config.eval_queries, config.crop, seed, i) for i in indices]
 
 
-def scored_steps(algo: Algorithm, state: MetaState, batch: TaskBatch):
-    """Adapt E episodes together; yield (step, query logits [E, q, 1, H, W], query IoU [E, q]) for steps 0..n."""
+def scored_steps(algo: Algorithm, state: MetaState, batch: TaskBatch, adaptation: Adaptation | None = None):
+    """Adapt E episodes together (with the algorithm's own adaptation unless one is given); yield (step, query
+    logits [E, q, 1, H, W], query IoU [E, q]) for steps 0..n."""
     episodes = batch.support_x.shape[0]
-    for step, params in algo.adapt(state, batch.support_x, batch.support_y):
+    for step, params in algo.adapt(state, batch.support_x, batch.support_y, adaptation):
         logits = algo.predict(params, batch.query_x)
         yield step, logits, iou(logits.flatten(0, 1), batch.query_y.flatten(0, 1)).reshape(episodes, -1)
 
 
-def evaluate(config, data, algo, state, device, progress) -> tuple[pd.DataFrame, list[dict], dict[str, np.ndarray]]:
+def evaluate(
+    config, data, algo, state, device, progress, adaptation: Adaptation | None = None
+) -> tuple[pd.DataFrame, list[dict], dict[str, np.ndarray]]:
     """Adapt from k support images and record every query image's IoU at every step 0..n.
 
-    Episodes are adapted ``eval_batch`` at a time (vmap over episodes inside ``algo.adapt``).
+    Episodes are adapted ``eval_batch`` at a time (vmap over episodes inside ``algo.adapt``), with the
+    algorithm's own adaptation unless ``adaptation`` is given (a rate selected on validation data).
     """
     plan = evaluation_plan(config)
     task = progress.add_task("evaluate", total=sum(n for _, _, n in plan)) if progress else None
@@ -222,7 +260,7 @@ def evaluate(config, data, algo, state, device, progress) -> tuple[pd.DataFrame,
             episodes = evaluation_episodes(config, data, line, indices)
             manifests += [ep.manifest.to_dict() for ep in episodes]
             batch = stack_episodes(episodes).to(device)
-            for step, logits, scores in scored_steps(algo, state, batch):
+            for step, logits, scores in scored_steps(algo, state, batch, adaptation):
                 scores = scores.cpu()
                 for e, episode in enumerate(episodes):
                     ids = [image_id for image_id, _ in episode.manifest.query]
@@ -259,6 +297,24 @@ def prepare(config: RunConfig) -> tuple[torch.device, LiveCell, Algorithm]:
     return device, data, build(config)
 
 
+def evaluate_protocols(config, data, algo, state, device, progress, selection: RateSelection | None):
+    """:func:`evaluate` under the seed protocol (the algorithm's own adaptation: n steps at the inner rate, as
+    published) and, where a rate was selected on validation data, the tuned protocol (the same steps at that
+    rate); rows are marked by ``protocol``. Where the selected rate is the algorithm's own, or the algorithm
+    learns its rates, the tuned rows are the seed rows."""
+    observations, manifests, examples = evaluate(config, data, algo, state, device, progress)
+    observations.insert(observations.columns.get_loc("line"), "protocol", SEED_PROTOCOL)
+    if selection is None:
+        return observations, manifests, examples
+    if selection.rate is None or selection.rate == algo.adaptation.rate:
+        tuned = observations.copy()
+    else:
+        tuned, _, _ = evaluate(config, data, algo, state, device, progress, algo.adaptation.with_rate(selection.rate))
+        tuned.insert(observations.columns.get_loc("protocol"), "protocol", SEED_PROTOCOL)
+    tuned["protocol"] = TUNED_PROTOCOL
+    return pd.concat([observations, tuned], ignore_index=True), manifests, examples
+
+
 def run(
     config: RunConfig,
     *,
@@ -286,9 +342,11 @@ def _run(config, resume, on_checkpoint, progress) -> RunResult:
     state, log = resume if resume is not None else (algo.init_state(algo.model.init(config.seed)), [])
     log = list(log)
     started = time.perf_counter() - trained_seconds(log)
-    state = meta_train(config, data, algo, move_state(state, device), log, device, on_checkpoint, progress)
+    validation = validation_set(config, data, device)
+    state = meta_train(config, data, algo, move_state(state, device), log, device, on_checkpoint, progress, validation)
     try:
-        observations, manifests, examples = evaluate(config, data, algo, state, device, progress)
+        selection = select_rate(algo, state, validation, config.adapt_rates) if config.adapt_rates else None
+        observations, manifests, examples = evaluate_protocols(config, data, algo, state, device, progress, selection)
     except FloatingPointError as err:
         raise RunFailed(f"test-time adaptation diverged: {err}") from None
     return RunResult(
@@ -299,6 +357,7 @@ def _run(config, resume, on_checkpoint, progress) -> RunResult:
         algorithm=algo,
         state=state,
         train_log=log,
+        rate_selection=selection,
         wall_s=time.perf_counter() - started,
         peak_mem_mb=peak_memory_mb(device),
     )

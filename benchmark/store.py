@@ -39,6 +39,7 @@ from benchmark.runner import RunResult
 from tasks.cache import atomic_write, remove_temporaries
 
 COMPLETED, FAILED = "completed", "failed"
+TRAIN_LOG_COLUMNS = ["step", "loss", "passes", "wall_s", "val_iou_0", "val_iou_n"]  # the last two: budget points
 PACKAGES = ("torch", "segmentation-models-pytorch", "numpy", "scipy", "pandas", "pycocotools", "fewshot-cellseg")
 
 
@@ -208,4 +209,4 @@ class Store:
 
 
 def write_train_log(path: Path, log: list[dict]) -> None:
-    write_csv(path, pd.DataFrame(log, columns=["step", "loss", "passes", "wall_s"]))
+    write_csv(path, pd.DataFrame(log, columns=TRAIN_LOG_COLUMNS))

@@ -40,10 +40,10 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
-    """A small synthetic LIVECell (18 images per line: 11 train, 3 val, 6 test), generated once per session."""
+    """A small synthetic LIVECell (24 images per line: train, val and test, with at least 4 val images for validation episodes of k = 3), generated once per session."""
     from tasks.synth import generate
 
-    return generate(tmp_path_factory.mktemp("synthetic") / "livecell", seed=0, images_per_line=18)
+    return generate(tmp_path_factory.mktemp("synthetic") / "livecell", seed=0, images_per_line=24)
 
 
 @pytest.fixture(autouse=True, scope="session")

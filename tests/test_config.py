@@ -41,7 +41,7 @@ def test_none_means_whole_images():
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda tmp: resolve("nope"), "unknown preset 'nope'; valid presets: default, paper, smoke"),
+        (lambda tmp: resolve("nope"), "unknown preset 'nope'; valid presets: default, long, paper, smoke"),
         (lambda tmp: resolve("smoke", tmp / "absent.toml"), "absent.toml: config file not found"),
         (lambda tmp: resolve("smoke", _write(tmp, "x = [")), "bad.toml: invalid TOML"),
         (lambda tmp: resolve("smoke", _write(tmp, "metasteps = 3")), "bad.toml: unknown setting 'metasteps'"),

@@ -35,7 +35,14 @@ def _field_type(name: str):
     if name in OPTIONAL:  # 'none', or a value of the field's type
         return lambda text: text if text == "none" or OPTIONAL[name] is str else OPTIONAL[name](text)
     default = FIELDS[name].default
+    if isinstance(default, tuple):
+        return numbers
     return type(default) if isinstance(default, (int, float)) and not isinstance(default, bool) else str
+
+
+def numbers(text: str) -> tuple[float, ...]:
+    """Comma-separated numbers (0.4,0.1); 'none' for none. (argparse names this function in its errors.)"""
+    return () if text.strip() == "none" else tuple(float(v) for v in text.split(",") if v.strip())
 
 
 def add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:

@@ -62,6 +62,15 @@ def summary_table(summary: dict) -> Table:
     table.add_column("value", justify="right")
     low, high = summary["heldout_ci"]
     table.add_row(f"held-out IoU after {config['inner_steps']} steps (95% CI)", f"{summary['heldout_iou']:.3f} [{low:.3f}, {high:.3f}]")
+    tuned = summary.get("tuned")
+    if tuned:
+        selected = tuned["adaptation_rate"]
+        rate = "its own rates" if selected["rate"] is None else f"rate {selected['rate']:g}"
+        low, high = tuned["heldout_ci"]
+        table.add_row(
+            f"  at the {rate}, selected on {selected['episodes']} validation episodes",
+            f"{tuned['heldout_iou']:.3f} [{low:.3f}, {high:.3f}]",
+        )
     table.add_row("held-out IoU before adaptation (step 0)", f"{summary['heldout_step0_iou']:.3f}")
     if summary.get("seen_iou") is not None:
         table.add_row("IoU on the 7 meta-training lines (test split)", f"{summary['seen_iou']:.3f}")

@@ -115,12 +115,18 @@ def _episode_file(folder: Path) -> Path:
     raise DataError(f"{folder}: completed run without {' or '.join(EPISODE_FILES)}")
 
 
-def load_episodes(runs: pd.DataFrame) -> pd.DataFrame:
-    """The tidy per-episode records of ``runs``, validated, with ``final`` marking each run's last step."""
+def load_episodes(runs: pd.DataFrame, protocol: str = "seed") -> pd.DataFrame:
+    """The tidy per-episode records of ``runs`` under one adaptation protocol (``seed`` or ``tuned``; records
+    from before protocols were recorded are the seed protocol's), validated, with ``final`` marking each run's
+    last step."""
     frames = []
     for run in runs.itertuples():
         path = _episode_file(run.folder)
         frame = pd.read_csv(path)
+        if "protocol" in frame.columns:
+            frame = frame[frame["protocol"] == protocol]
+        elif protocol != "seed":
+            continue
         missing = [c for c in EPISODE_COLUMNS if c not in frame.columns]
         if missing:
             raise DataError(f"{path}: missing columns {', '.join(missing)}")
