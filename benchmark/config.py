@@ -13,7 +13,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tasks.catalogue import cell_line
 
@@ -24,47 +24,122 @@ class ConfigError(ValueError):
     """A configuration that cannot be run: one line, naming the file or key."""
 
 
+def setting(
+    default: Any,
+    help: str,
+    *,
+    valid: Callable[[Any], bool] | None = None,
+    allowed: str = "",
+    nullable: type | None = None,
+    identity: bool = True,
+    pooled: bool = False,
+    part: str = "run",
+) -> Any:
+    """Declare one setting of :class:`RunConfig`, everything about it in one place, from which the CLI flag, the
+    TOML reading, the checks, the run id and the report's pooling rule are derived:
+
+    - ``help``: the flag's help text; ``valid``/``allowed``: a check of the value and what it allows (its error);
+    - ``nullable``: the setting may be None ('none' in TOML and on the command line), else a value of this type;
+    - ``identity``: part of the run id (it can change a number); False only for what changes no number;
+    - ``pooled``: runs that differ in it may stand in one report (the grid, provenance);
+    - ``part``: what it configures: ``algorithm`` settings are handed to every algorithm's constructor,
+      ``model`` settings to the model's, ``run`` settings are the runner's.
+    """
+    metadata = {"help": help, "valid": valid, "allowed": allowed, "nullable": nullable, "pooled": pooled, "part": part}
+    return field(default=default, compare=identity, metadata=metadata)
+
+
+def _at_least(low: float) -> dict[str, Any]:
+    return {"valid": lambda v: v >= low, "allowed": f">= {low:g}"}
+
+
+POSITIVE = {"valid": lambda v: v > 0, "allowed": "> 0"}
+
+
 @dataclass(frozen=True)
 class RunConfig:
     # what is compared
-    algo: str = "reptile"
-    holdout: str = "MCF7"
-    k: int = 3
-    seed: int = 0
+    algo: str = setting("reptile", "algorithm name (see algorithms.available())", pooled=True)
+    holdout: str = setting(
+        "MCF7", "cell line held out of meta-training and evaluated on (any spelling: MCF7, mcf7, SH-SY5Y, shsy5y)",
+        pooled=True,
+    )
+    k: int = setting(3, "support images per episode (shots), in meta-training and adaptation", pooled=True, **_at_least(1))
+    seed: int = setting(0, "seed of initialisation, meta-training tasks and evaluation episodes", pooled=True, **_at_least(0))
     # data: None is the embedded synthetic LIVECell look-alike
-    data_root: str | None = None
-    crop: int | None = 64  # side of the square crops in every episode; None = whole images
-    query_size: int = 3  # query images per meta-training task
+    data_root: str | None = setting(
+        None, "a LIVECell root in the official layout; 'none' = the embedded synthetic look-alike", nullable=str
+    )
+    crop: int | None = setting(
+        64, "side of the square crops of every episode in pixels; 'none' = whole images", nullable=int,
+        valid=lambda v: v is None or v >= 8, allowed=">= 8, or 'none' for whole images",
+    )
+    query_size: int = setting(3, "query images per meta-training task", **_at_least(1))
     # model
-    model: str = "unet"  # "unet" | "smp-vgg11"
-    depth: int = 3
-    width: int = 16
-    norm: str = "group"
-    encoder_weights: str | None = None
-    # algorithm
-    loss: str = "dice"
-    inner_steps: int = 10
-    inner_lr: float = 0.4
-    outer_optimizer: str = "adam"
-    outer_lr: float = 1e-3
-    meta_batch: int = 7
-    meta_steps: int = 100
-    task_batching: str = "auto"
-    algo_options: tuple[tuple[str, Any], ...] = ()  # algorithm-specific hyper-parameters, e.g. reptile's epsilon
+    model: str = setting(
+        "unet", "backbone: 'unet' (hand-written functional U-Net) or 'smp-vgg11' (the seed's VGG-11 U-Net)", part="model"
+    )
+    depth: int = setting(3, "U-Net depth (down-sampling levels)", part="model")
+    width: int = setting(16, "U-Net channels at the first level (doubled at each level)", part="model")
+    norm: str = setting("group", "normalisation: group, batch (batch statistics only) or none", part="model")
+    encoder_weights: str | None = setting(
+        None, "smp-vgg11 encoder weights: 'none' or 'imagenet' (needs internet)", nullable=str, part="model"
+    )
+    # algorithm: the settings every algorithm takes (its own ones live in algo_options)
+    loss: str = setting("dice", "segmentation loss: dice, bce or bce_dice", part="algorithm")
+    inner_steps: int = setting(
+        10, "adaptation steps n (inner loop in meta-training and at test time)", part="algorithm", **_at_least(0)
+    )
+    inner_lr: float = setting(0.4, "inner-loop / adaptation learning rate (plain gradient descent)", part="algorithm", **POSITIVE)
+    outer_optimizer: str = setting("adam", "outer optimiser: any torch.optim or torch_optimizer name", part="algorithm")
+    outer_lr: float = setting(1e-3, "outer learning rate", part="algorithm", **POSITIVE)
+    task_batching: str = setting(
+        "auto", "tasks of a meta-batch: loop, vmap, a chunk size, or auto (loop on CPU; on a GPU vmap where it fits)",
+        part="algorithm",
+    )
+    meta_batch: int = setting(7, "tasks per meta-step", **_at_least(1))
+    meta_steps: int = setting(100, "meta-training steps", **_at_least(0))
+    algo_options: tuple[tuple[str, Any], ...] = setting(
+        (), "the algorithm's own settings, declared by its constructor (--opt KEY=VALUE, [algorithms.NAME])",
+        pooled=True,
+    )
     # evaluation: identical episodes for every algorithm with the same seed, k and data
-    eval_episodes: int = 40  # episodes on the held-out line
-    seen_episodes: int = 10  # episodes on each meta-training line's test split
-    eval_queries: int = 4  # query images per evaluation episode
-    eval_batch: int = 8  # episodes adapted together (vmap over episodes)
+    eval_episodes: int = setting(40, "evaluation episodes on the held-out line", **_at_least(1))
+    seen_episodes: int = setting(
+        10, "evaluation episodes on each meta-training line's test split (0 = skip)", **_at_least(0)
+    )
+    eval_queries: int = setting(4, "query images per evaluation episode", **_at_least(1))
+    eval_batch: int = setting(8, "evaluation episodes adapted together (vmap over episodes)", **_at_least(1))
     # fair adaptation and budget curves, both on validation episodes of the meta-training lines' val split
-    adapt_rates: tuple[float, ...] = (0.4, 0.2, 0.1, 0.05, 0.02, 0.01)  # () = the seed protocol's rate only
-    validation_episodes: int = 16
-    budget_every: int = 0  # meta-steps between budget-curve points; 0 = none
+    adapt_rates: tuple[float, ...] = setting(
+        (0.4, 0.2, 0.1, 0.05, 0.02, 0.01),
+        "candidate test-time adaptation rates, comma-separated; each run selects one on validation episodes of its "
+        "meta-training lines (never the held-out line) and is evaluated at it ('tuned' protocol) and at inner_lr "
+        "('seed' protocol); 'none' = the seed protocol only",
+        valid=lambda rates: all(rate > 0 for rate in rates), allowed="rates > 0, or 'none'",
+    )
+    validation_episodes: int = setting(
+        16, "episodes from the meta-training lines' val split that select the adaptation rate and score the budget "
+        "curve", **_at_least(1),
+    )
+    budget_every: int = setting(
+        0, "meta-steps between points of the budget curve (validation IoU against meta-training spent); 0 = none",
+        pooled=True, **_at_least(0),
+    )
     # execution
-    device: str = "cpu"
-    threads: int = 1  # torch's CPU threads; the last bits of CPU kernels depend on it, so it is part of the run id
-    checkpoint_every: int = field(default=25, compare=False)  # changes no number: not part of the run id
-    preset: str = field(default="default", compare=False)  # provenance only; not part of the run id
+    device: str = setting(
+        "cpu", "cpu, cuda, cuda:N or auto", pooled=True,
+        valid=lambda v: re.fullmatch(r"cpu|auto|cuda(:\d+)?|mps", v) is not None, allowed="cpu, cuda, cuda:N or auto",
+    )
+    threads: int = setting(
+        1, "torch CPU threads of the run (default 1, so that sweep --jobs N shares N cores without oversubscribing "
+        "them; part of the run id, since CPU results differ in the last bits with it)", pooled=True, **_at_least(1),
+    )
+    checkpoint_every: int = setting(
+        25, "meta-steps between checkpoints (an interrupted run resumes from the last)", identity=False, pooled=True,
+        **_at_least(1),
+    )
+    preset: str = setting("default", "the preset the configuration started from (provenance)", identity=False, pooled=True)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -73,31 +148,14 @@ class RunConfig:
         object.__setattr__(self, "holdout", cell_line(self.holdout).name)
         if self.data_root is not None:
             object.__setattr__(self, "data_root", str(Path(self.data_root).expanduser().resolve()))
-        if not DEVICE.fullmatch(self.device):
-            raise ConfigError(f"invalid device {self.device!r}; use cpu, cuda, cuda:N or auto")
-        rules = {  # setting: (valid?, what is allowed)
-            "seed": (self.seed >= 0, ">= 0"),
-            "k": (self.k >= 1, ">= 1"),
-            "query_size": (self.query_size >= 1, ">= 1"),
-            "inner_steps": (self.inner_steps >= 0, ">= 0"),
-            "meta_batch": (self.meta_batch >= 1, ">= 1"),
-            "meta_steps": (self.meta_steps >= 0, ">= 0"),
-            "eval_episodes": (self.eval_episodes >= 1, ">= 1"),
-            "seen_episodes": (self.seen_episodes >= 0, ">= 0"),
-            "eval_queries": (self.eval_queries >= 1, ">= 1"),
-            "eval_batch": (self.eval_batch >= 1, ">= 1"),
-            "threads": (self.threads >= 1, ">= 1"),
-            "validation_episodes": (self.validation_episodes >= 1, ">= 1"),
-            "budget_every": (self.budget_every >= 0, ">= 0"),
-            "adapt_rates": (all(rate > 0 for rate in self.adapt_rates), "rates > 0, or [] for none"),
-            "checkpoint_every": (self.checkpoint_every >= 1, ">= 1"),
-            "crop": (self.crop is None or self.crop >= 8, ">= 8, or 'none' for whole images"),
-            "inner_lr": (self.inner_lr > 0, "> 0"),
-            "outer_lr": (self.outer_lr > 0, "> 0"),
-        }
-        for name, (ok, allowed) in rules.items():
-            if not ok:
-                raise ConfigError(f"invalid value for {name}: {getattr(self, name)!r} (must be {allowed})")
+        for f in dataclasses.fields(self):
+            valid = f.metadata["valid"]
+            if valid is not None and not valid(getattr(self, f.name)):
+                raise ConfigError(f"invalid value for {f.name}: {getattr(self, f.name)!r} (must be {f.metadata['allowed']})")
+
+    def part(self, name: str) -> dict[str, Any]:
+        """The settings of one part (``algorithm``, ``model``), by name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["part"] == name}
 
     @property
     def options(self) -> dict[str, Any]:
@@ -132,8 +190,9 @@ class RunConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
-DEVICE = re.compile(r"cpu|auto|cuda(:\d+)?|mps")
-OPTIONAL = {"crop": int, "data_root": str, "encoder_weights": str}  # the fields that may be None
+HELP = {name: f.metadata["help"] for name, f in FIELDS.items()}
+OPTIONAL = {name: f.metadata["nullable"] for name, f in FIELDS.items() if f.metadata["nullable"]}  # may be None
+POOLED = tuple(name for name, f in FIELDS.items() if f.metadata["pooled"])  # may differ between a report's runs
 
 
 def _checked(name: str, value: Any) -> Any:
@@ -154,43 +213,6 @@ def _checked(name: str, value: Any) -> Any:
         raise ConfigError(f"invalid value for {name}: {value!r} (expected {kind.__name__})")
     return value
 
-HELP = {
-    "algo": "algorithm name (see algorithms.available())",
-    "holdout": "cell line held out of meta-training and evaluated on (any spelling: MCF7, mcf7, SH-SY5Y, shsy5y)",
-    "k": "support images per episode (shots), in meta-training and adaptation",
-    "seed": "seed of initialisation, meta-training tasks and evaluation episodes",
-    "data_root": "a LIVECell root in the official layout; 'none' = the embedded synthetic look-alike",
-    "crop": "side of the square crops of every episode in pixels; 'none' = whole images",
-    "query_size": "query images per meta-training task",
-    "model": "backbone: 'unet' (hand-written functional U-Net) or 'smp-vgg11' (the seed's VGG-11 U-Net)",
-    "depth": "U-Net depth (down-sampling levels)",
-    "width": "U-Net channels at the first level (doubled at each level)",
-    "norm": "normalisation: group, batch (batch statistics only) or none",
-    "encoder_weights": "smp-vgg11 encoder weights: 'none' or 'imagenet' (needs internet)",
-    "loss": "segmentation loss: dice, bce or bce_dice",
-    "inner_steps": "adaptation steps n (inner loop in meta-training and at test time)",
-    "inner_lr": "inner-loop / adaptation learning rate (plain gradient descent)",
-    "outer_optimizer": "outer optimiser: any torch.optim or torch_optimizer name",
-    "outer_lr": "outer learning rate",
-    "meta_batch": "tasks per meta-step",
-    "meta_steps": "meta-training steps",
-    "task_batching": "tasks of a meta-batch: loop, vmap, a chunk size, or auto (loop on CPU; on a GPU vmap where it fits)",
-    "eval_episodes": "evaluation episodes on the held-out line",
-    "seen_episodes": "evaluation episodes on each meta-training line's test split (0 = skip)",
-    "eval_queries": "query images per evaluation episode",
-    "eval_batch": "evaluation episodes adapted together (vmap over episodes)",
-    "adapt_rates": "candidate test-time adaptation rates, comma-separated; each run selects one on validation "
-    "episodes of its meta-training lines (never the held-out line) and is evaluated at it ('tuned' protocol) and at "
-    "inner_lr ('seed' protocol); 'none' = the seed protocol only",
-    "validation_episodes": "episodes from the meta-training lines' val split that select the adaptation rate and "
-    "score the budget curve",
-    "budget_every": "meta-steps between points of the budget curve (validation IoU against meta-training spent); "
-    "0 = none",
-    "device": "cpu, cuda, cuda:N or auto",
-    "threads": "torch CPU threads of the run (default 1, so that sweep --jobs N shares N cores without "
-    "oversubscribing them; part of the run id, since CPU results differ in the last bits with it)",
-    "checkpoint_every": "meta-steps between checkpoints (an interrupted run resumes from the last)",
-}
 
 
 def available_presets() -> list[str]:

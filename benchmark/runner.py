@@ -71,30 +71,14 @@ def device_of(config: RunConfig) -> torch.device:
 
 
 def build(config: RunConfig) -> Algorithm:
-    """The algorithm and model a configuration names."""
-    model = algorithms.build_model(
-        ModelConfig(
-            name=config.model,
-            depth=config.depth,
-            width=config.width,
-            norm=config.norm,
-            encoder_weights=config.encoder_weights,
-        )
-    )
+    """The algorithm and model a configuration names: its ``model`` settings build the model, its
+    ``algorithm`` settings and own options the algorithm (:func:`benchmark.config.setting`)."""
+    model_settings = config.part("model")
+    model = algorithms.build_model(ModelConfig(name=model_settings.pop("model"), **model_settings))
     options = dict(config.options)
     if "seed" in algorithms.registry.hyperparameters(config.algo):
         options.setdefault("seed", config.seed)  # an algorithm's own randomness follows the run's seed
-    return algorithms.create(
-        config.algo,
-        model,
-        loss=config.loss,
-        inner_steps=config.inner_steps,
-        inner_lr=config.inner_lr,
-        outer_optimizer=config.outer_optimizer,
-        outer_lr=config.outer_lr,
-        task_batching=config.task_batching,
-        **options,
-    )
+    return algorithms.create(config.algo, model, **config.part("algorithm"), **options)
 
 
 def training_lines(config: RunConfig) -> list[str]:

@@ -102,7 +102,7 @@ def test_diverging_loss_fails_the_run_with_one_line(synthetic_root, tmp_path, ca
         (["--config", "/nonexistent/x.toml"], "x.toml: config file not found"),
         (["--loss", "l2"], "unknown loss 'l2'; valid: dice, bce, bce_dice"),
         (["--opt", "epsilon=2"], "epsilon must be a number in (0, 1]"),
-        (["--device", "gpu"], "invalid device 'gpu'"),
+        (["--device", "gpu"], "invalid value for device: 'gpu' (must be cpu, cuda, cuda:N or auto)"),
         (["--seed", "-1"], "invalid value for seed: -1"),
     ],
 )

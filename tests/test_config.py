@@ -72,3 +72,38 @@ def test_option_values_read_as_toml(text, expected):
     from benchmark.commands.options import _option
 
     assert _option(text) == expected
+
+
+# -- one declaration per setting ---------------------------------------------------------------------------------
+
+ANOTHER = {  # a valid value other than the default, for the settings whose type alone does not give one
+    "algo": "fomaml", "holdout": "A172", "model": "smp-vgg11", "norm": "batch", "encoder_weights": "imagenet",
+    "loss": "bce", "outer_optimizer": "sgd", "task_batching": "loop", "device": "auto", "preset": "smoke",
+    "data_root": "/tmp/elsewhere", "crop": 32, "adapt_rates": (0.1,), "algo_options": (("epsilon", 0.5),),
+}
+
+
+def test_every_declared_setting_reaches_the_cli_the_toml_reader_and_the_run_id(tmp_path):
+    import argparse
+    import dataclasses
+
+    from benchmark.cli import build_parser
+    from benchmark.config import FIELDS
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {action.dest for action in sub.choices["run"]._actions}
+    base = RunConfig()
+    for name, f in FIELDS.items():
+        assert f.metadata["help"], f"{name} has no help"
+        assert name in flags, f"{name} has no flag of `run`"
+        value = ANOTHER.get(name)
+        if value is None:
+            assert isinstance(f.default, (int, float)) and not isinstance(f.default, bool), f"add {name} to ANOTHER"
+            value = type(f.default)(f.default + 1)
+        changed = dataclasses.replace(base, **{name: value})
+        assert (changed.run_id != base.run_id) == f.compare, f"{name}: run id {'unchanged' if f.compare else 'changed'}"
+        if name not in ("algo_options", "preset"):  # TOML: [algorithms.NAME] tables, and --preset
+            toml = tmp_path / f"{name}.toml"
+            text = repr(list(value)) if isinstance(value, tuple) else repr(value).replace("'", '"')
+            toml.write_text(f"{name} = {text}\n")
+            assert getattr(resolve("default", toml), name) == changed.__getattribute__(name)

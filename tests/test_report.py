@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from benchmark.cli import main as cli_main
+from benchmark.numerics import NUMERICS_VERSION
 from benchmark.report import build_report
 from benchmark.report.records import completed_runs, load_episodes
 from benchmark.report.summaries import cell_summary, paired_differences
@@ -67,7 +68,7 @@ def write_results(
                     config = {"algo": algo, "holdout": holdout, "k": k, "seed": seed, "preset": preset,
                               "data_root": data_root, "inner_steps": steps}
                     summary = {"run_id": run_id, "status": status, "config": config, "wall_s": 1.0,
-                               "data": data_root or "synthetic-v6",
+                               "data": data_root or "synthetic-v6", "numerics_version": NUMERICS_VERSION,
                                "peak_mem_mb": 100.0, "passes": 10, "error": None}
                     (folder / "summary.json").write_text(json.dumps(summary))
                     if examples:
@@ -341,3 +342,15 @@ def test_bad_examples_file_is_reported(tmp_path):
     np.savez(root / "runs" / "maml-MCF7-k1-s0" / "examples.npz", image=np.zeros((1, 4, 4), np.uint8))
     with pytest.raises(DataError, match="missing array.*truth, prediction"):
         build_report(root, root, n_resamples=FAST)
+
+
+def test_stale_runs_are_left_out_counted_and_never_mixed_in(tmp_path):
+    results = tmp_path / "results"
+    write_results(results, algos=("maml", "finetune"), holdouts=("MCF7",), ks=(3,))
+    stale = sorted((results / "runs").iterdir())[0] / "summary.json"
+    summary = json.loads(stale.read_text())
+    stale.write_text(json.dumps({**summary, "numerics_version": NUMERICS_VERSION - 1}))
+    build_report(results, results, FAST)
+    index = (results / "report.md").read_text()
+    assert f"1 stale run(s) left out: 1 of numerics version {NUMERICS_VERSION - 1}" in index
+    assert summary["run_id"] not in set(completed_runs(results).run_id)

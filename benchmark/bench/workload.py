@@ -17,8 +17,9 @@ from tasks.batch import TaskBatch
 from tasks.episodes import stack_episodes
 from tasks.livecell import LiveCell
 
-VARIANT_FIELDS = ("inner_steps", "inner_lr", "outer_optimizer", "outer_lr", "task_batching")
-"""RunConfig fields a bench variant may change: they change the meta-step, not the data or model B is measured on."""
+VARIANT_FIELDS = tuple(name for name in RunConfig().part("algorithm") if name != "loss")
+"""RunConfig fields a bench variant may change: the algorithm settings, which change the meta-step, but not the
+loss, which changes B too (as would the data or the model)."""
 
 
 def apply_variant(config: RunConfig, algo: str, overrides: dict[str, Any]) -> RunConfig:

@@ -38,9 +38,9 @@ def _csv(path: Path, frame: pd.DataFrame) -> Path:
 def build_report(results: Path, out: Path, n_resamples: int = N_RESAMPLES) -> list[Path]:
     """Write the report of ``results`` (a folder with ``runs/``) into ``out``; return the files written."""
     results, out = Path(results), Path(out)
-    runs, stale = completed_runs(results), stale_runs(results)
+    runs, stale_counts = completed_runs(results), stale_runs(results)
     if runs.empty:
-        raise DataError(f"{results}: no completed runs of today's code under {results / 'runs'}{_stale_note(stale)}")
+        raise DataError(f"{results}: no completed runs of today's code under {results / 'runs'}{_stale_note(stale_counts)}")
     records = load_episodes(runs)
     cells = cell_summary(records, n_resamples)
     curves = adaptation_curves(records, n_resamples)
@@ -70,7 +70,7 @@ def build_report(results: Path, out: Path, n_resamples: int = N_RESAMPLES) -> li
                 examples.append((line, int(k), grid))
     written += [grid for _, _, grid in examples]
 
-    index = _index(results, runs, records, lolo_md, published_md, examples, out, paired=len(pairs) > 0, stale=stale)
+    index = _index(results, runs, records, lolo_md, published_md, examples, out, paired=len(pairs) > 0, stale=stale_counts)
     written.append(_write(out / "report.md", index))
     return written
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmark.config import POOLED
 from benchmark.numerics import NUMERICS_VERSION
 from tasks.catalogue import LINES
 from tasks.errors import DataError
@@ -24,8 +25,7 @@ EPISODE_FILES = ("episodes.csv", "episodes.csv.gz")
 EPISODE_COLUMNS = ("run_id", "algo", "holdout", "k", "seed", "line", "role", "episode", "step", "iou")
 ROLES = ("held-out", "seen")
 BASELINE = "finetune"
-# what may differ between the runs of one report: the grid, an algorithm's own options, provenance
-PER_RUN = ("algo", "holdout", "k", "seed", "algo_options", "preset", "checkpoint_every", "device")
+PER_RUN = POOLED  # what may differ between the runs of one report: the grid, an algorithm's own options, provenance
 
 
 def is_results_folder(path: Path) -> bool:
