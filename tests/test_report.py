@@ -238,6 +238,17 @@ def test_practical_threshold_is_a_report_setting(tmp_path, capsys):
     assert "--practical-difference must be" in _error_line(capsys, ["report", "--results", str(root), "--practical-difference", "-1"])
 
 
+def test_per_image_records_of_one_protocol_at_a_time(tmp_path):
+    root = write_results(tmp_path, algos=("maml",), holdouts=("MCF7",), ks=(1,), examples=False)
+    path = root / "runs" / "maml-MCF7-k1-s0" / "images.csv"
+    seed = pd.read_csv(path).assign(protocol="seed")
+    pd.concat([seed, seed.assign(protocol="tuned", iou=seed.iou / 2)]).to_csv(path, index=False)
+    runs = completed_runs(root)
+    units = {protocol: load_units(runs, load_episodes(runs, protocol), protocol) for protocol in ("seed", "tuned")}
+    assert len(units["seed"]) == len(units["tuned"]) == len(seed)
+    assert units["tuned"].iou.sum() == pytest.approx(units["seed"].iou.sum() / 2)
+
+
 def test_records_without_per_image_rows_fall_back_to_episodes_and_say_so(tmp_path):
     root = write_results(tmp_path, algos=("maml", "finetune"), holdouts=("MCF7",), ks=(1, 3), images=False, examples=False)
     build_report(root, root)

@@ -162,12 +162,13 @@ def _validated(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     return frame.astype({column: kind for column, kind in types.items() if column in frame})
 
 
-def load_units(runs: pd.DataFrame, episodes: pd.DataFrame) -> pd.DataFrame:
-    """The statistical units of ``runs``: one row per (run, line, test image, step) with the image's mean IoU over
-    its crops and their count as ``weight`` (``images.csv.gz``); ``unit`` is ``image <id>``, the same label
-    under every seed (seeds and images are crossed). Runs written before per-image records fall back to their
-    ``episodes`` rows (``episode <n>``, weight 1), which overstate precision; :func:`unit_kind` tells which.
-    ``episodes`` (from :func:`load_episodes`) supplies each run's episode count per line and the ``final`` flag.
+def load_units(runs: pd.DataFrame, episodes: pd.DataFrame, protocol: str = "seed") -> pd.DataFrame:
+    """The statistical units of ``runs`` under one adaptation protocol: one row per (run, line, test image, step)
+    with the image's mean IoU over its crops and their count as ``weight`` (``images.csv.gz``); ``unit`` is
+    ``image <id>``, the same label under every seed (seeds and images are crossed). Runs written before
+    per-image records fall back to their ``episodes`` rows (``episode <n>``, weight 1), which overstate
+    precision; :func:`unit_kind` tells which. ``episodes`` (:func:`load_episodes` of the same protocol) supplies
+    each run's episode count per line and the fallback rows.
     """
     frames = []
     for run in runs.itertuples():
@@ -177,6 +178,10 @@ def load_units(runs: pd.DataFrame, episodes: pd.DataFrame) -> pd.DataFrame:
             frame = frame.assign(unit=EPISODE + " " + frame["episode"].astype(str), weight=1.0)
         else:
             frame = pd.read_csv(path)
+            if "protocol" in frame.columns:
+                frame = frame[frame["protocol"] == protocol]
+            elif protocol != "seed":
+                continue
             missing = [c for c in IMAGE_COLUMNS if c not in frame.columns]
             if missing:
                 raise DataError(f"{path}: missing columns {', '.join(missing)}")
