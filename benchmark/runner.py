@@ -211,7 +211,8 @@ def trained_seconds(log: list[dict]) -> float:
 
 def evaluation_episodes(config: RunConfig, data: LiveCell, line: str, indices: range) -> list:
     """Evaluation episodes ``indices`` of ``line``: a function of (data, seed, k, crop, queries) alone, so every
-    algorithm is scored on the same ones."""
+    algorithm is scored on the same ones; episodes of the same index at k = 1 and k = 3 share their query crops
+    (:func:`tasks.episodes.sample_episode`), so the effect of k is paired too."""
     seed = EVAL_SEED_OFFSET + config.seed
     return [sample_episode(data, line, EVAL_SPLIT, config.k, config.eval_queries, config.crop, seed, i) for i in indices]
 

@@ -5,6 +5,8 @@ Layout of ``<results>/runs/<run-id>/``:
 - ``config.json``        the resolved configuration with provenance (package versions, git commit, device)
 - ``train_log.csv``      one row per meta-step: loss and forward-backward passes
 - ``episodes.csv.gz``    compact records, one row per line x episode x adaptation step (committed; report reads it)
+- ``images.csv.gz``      compact records per test image: one row per line x query image x adaptation step, its IoU
+                         averaged over its crops, and their count (committed; the report's statistical unit)
 - ``observations.csv.gz`` one row per query image too (bulky; not committed)
 - ``manifests.json.gz``  the evaluation episodes (image ids and crop boxes) that reproduce every record
 - ``examples.npz``       images, truth and predictions of one held-out episode, for the report's example grid
@@ -174,6 +176,7 @@ class Store:
         self.checkpoint(config, result.algorithm, result.state, result.train_log)
         write_csv(folder / "observations.csv.gz", result.observations)
         write_csv(folder / "episodes.csv.gz", result.episodes)
+        write_csv(folder / "images.csv.gz", per_image(result.observations))
         atomic_write(folder / "manifests.json.gz", lambda f: f.write(gzip.compress(json.dumps(result.manifests).encode(), mtime=0)))
         atomic_write(folder / "examples.npz", lambda f: np.savez_compressed(f, **result.examples))
         remove_temporaries(folder)
@@ -210,3 +213,10 @@ class Store:
 
 def write_train_log(path: Path, log: list[dict]) -> None:
     write_csv(path, pd.DataFrame(log, columns=TRAIN_LOG_COLUMNS))
+
+
+def per_image(observations: pd.DataFrame) -> pd.DataFrame:
+    """IoU averaged over each query image's crops (``crops`` of them) per line x image x step: what the report's
+    statistics need, since test images, not episodes, are the independent units."""
+    keys = [c for c in observations.columns if c not in ("episode", "query", "iou")]
+    return observations.groupby(keys, sort=False, as_index=False).agg(iou=("iou", "mean"), crops=("iou", "size"))

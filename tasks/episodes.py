@@ -4,12 +4,15 @@ An episode is a pure function of (line, split, k, q, crop, seed, index): every a
 on identical episodes, and the manifest (image ids and crop boxes) reproduces one exactly through
 :func:`load_episode`, even after the sampler changes.
 
-Drawing rule: k + q distinct images are chosen uniformly from the line's images in the split (the
-first k are the support set). In each, a crop position is drawn uniformly; a crop whose foreground
+Drawing rule: the line's images in the split are shuffled by a stream of (seed, index, line, split, q,
+crop), *not* k; the first q are the query set, the next k the support set. In each, a crop position
+is drawn uniformly from that image's own stream (its place in the shuffle); a crop whose foreground
 covers less than ``MIN_FOREGROUND`` of its pixels is redrawn, up to ``MAX_DRAWS`` positions in the
 same image, after which the position with the most foreground is kept. The rule applies to query
 crops too: an (almost) empty query crop has no meaningful foreground IoU. Whole images (crop None)
-are never redrawn.
+are never redrawn. Leaving k out of the draw makes episodes that differ only in k share their query
+crops exactly (and the k = 1 support image is the first of the k = 3 ones), so the effect of k is a
+paired comparison.
 """
 
 from __future__ import annotations
@@ -92,18 +95,18 @@ def sample_episode(data, line: CellLine | str, split: str, k: int, q: int, crop:
     images = data.images(line, split)
     if k + q > len(images):
         raise ValueError(f"{line.name} has {len(images)} {split} images, fewer than k + q = {k} + {q}")
-    stream = zlib.crc32(f"{line.name}|{split}|{k}|{q}|{crop}".encode())
-    rng = np.random.default_rng([seed, index, stream])
-    chosen = [images[i] for i in rng.choice(len(images), size=k + q, replace=False)]
+    stream = zlib.crc32(f"{line.name}|{split}|{q}|{crop}".encode())  # no k: see the module doc
+    order = np.random.default_rng([seed, index, stream]).permutation(len(images))
+    chosen = [images[i] for i in order[: q + k]]  # queries first, then support
     picks = []
-    for info in chosen:
+    for position, info in enumerate(chosen):
         if crop is None:
             picks.append((info.id, (0, 0, info.height, info.width)))
             continue
         if crop > info.height or crop > info.width:
             raise ValueError(f"crop {crop} is larger than {info.file_name} ({info.width}x{info.height})")
-        picks.append((info.id, _draw_box(rng, data.mask(info), crop)))
-    manifest = EpisodeManifest(line.name, split, k, q, crop, seed, index, tuple(picks[:k]), tuple(picks[k:]))
+        picks.append((info.id, _draw_box(np.random.default_rng([seed, index, stream, position]), data.mask(info), crop)))
+    manifest = EpisodeManifest(line.name, split, k, q, crop, seed, index, tuple(picks[q:]), tuple(picks[:q]))
     return _materialise(data, manifest, {info.id: info for info in chosen})
 
 

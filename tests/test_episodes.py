@@ -44,6 +44,17 @@ def test_index_seed_and_settings_each_change_the_episode(data):
         assert (other.support, other.query) != (base.support, base.query)
 
 
+def test_episodes_differing_only_in_k_share_their_queries(data):
+    """The effect of k is paired: same query crops, and the k = 1 support image is the first of the k = 3 ones."""
+    for index in range(5):
+        one, three = (sample_episode(data, "A172", "test", k, 3, 48, 9, index) for k in (1, 3))
+        assert one.manifest.query == three.manifest.query
+        assert torch.equal(one.query_x, three.query_x) and torch.equal(one.query_y, three.query_y)
+        assert one.manifest.support == three.manifest.support[:1]
+    other_q = sample_episode(data, "A172", "test", 1, 2, 48, 9, 4).manifest.query
+    assert other_q != one.manifest.query[:2]  # q is part of the draw
+
+
 def test_episode_holds_the_crops_it_names(data):
     episode = sample_episode(data, "BV-2", "train", 3, 3, 48, 7, 3)
     manifest = episode.manifest

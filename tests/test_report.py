@@ -13,15 +13,15 @@ import pytest
 from benchmark.cli import main as cli_main
 from benchmark.numerics import NUMERICS_VERSION
 from benchmark.report import build_report
-from benchmark.report.records import completed_runs, load_episodes
+from benchmark.report.records import completed_runs, load_episodes, load_units
 from benchmark.report.summaries import cell_summary, paired_differences
-from benchmark.stats import flat_ci, holm, mean_ci, wilcoxon_p
+from benchmark.stats import holm, mean_ci, verdict
 from tasks.catalogue import LINES
 from tasks.errors import DataError
 
 ALL_LINES = [line.name for line in LINES]
 GAIN = {"maml": 0.25, "fomaml": 0.2, "reptile": 0.15, "finetune": 0.05}
-FAST = 499  # bootstrap resamples in tests
+IMAGES_PER_LINE, QUERIES = 6, 2  # fabricated test images per line, query crops per episode
 
 
 def write_results(
@@ -38,11 +38,15 @@ def write_results(
     status: str = "completed",
     examples: bool = True,
     compressed: bool = False,
+    images: bool = True,
 ) -> Path:
-    """A results folder as the store writes it: runs/<id>/{summary.json, episodes.csv[.gz], examples.npz}.
+    """A results folder as the store writes it: runs/<id>/{summary.json, episodes.csv[.gz], images.csv[.gz],
+    examples.npz}; ``images=False`` leaves out the per-image records, as runs written before them.
 
-    IoU = 0.4 + line effect + seed effect + (algorithm gain x k/3) x step/steps + episode noise + a
-    little algorithm-specific noise; the episode noise is shared by all algorithms (identical episodes).
+    Each episode has QUERIES query crops from IMAGES_PER_LINE test images per line (drawn independently of the
+    algorithm and k, like the benchmark's episodes). Crop IoU = 0.4 + line effect + seed effect + image effect +
+    (algorithm gain x k/3) x step/steps + episode noise + a little algorithm-specific noise; the image and episode
+    effects are shared by all algorithms (identical episodes).
     """
     for algo in algos:
         for holdout in holdouts:
@@ -51,20 +55,28 @@ def write_results(
                     run_id = f"{algo}-{holdout}-k{k}-s{seed}"
                     folder = root / "runs" / run_id
                     folder.mkdir(parents=True)
-                    rows = []
+                    rows, crops = [], []
                     for li, line in enumerate(ALL_LINES):
                         role = "held-out" if line == holdout else "seen"
+                        image_effect = np.random.default_rng([li, 99]).normal(0, 0.08, IMAGES_PER_LINE)
                         for episode in range(episodes if role == "held-out" else seen_episodes):
+                            queries = np.random.default_rng([li, seed, episode, 7]).permutation(IMAGES_PER_LINE)[:QUERIES]
                             noise = np.random.default_rng([li, k, seed, episode]).normal(0, 0.05)
                             own = np.random.default_rng([li, k, seed, episode, len(algo)]).normal(0, 0.01)
-                            base = 0.4 + 0.02 * li + 0.03 * seed + noise + own
+                            base = 0.4 + 0.02 * li + 0.03 * seed + noise + own + image_effect[queries]
                             for step in range(steps + 1):
                                 iou = np.clip(base + GAIN[algo] * k / 3 * step / steps, 0, 1)
-                                rows.append((run_id, algo, holdout, k, seed, line, role, episode, step, iou))
-                    frame = pd.DataFrame(
-                        rows, columns=["run_id", "algo", "holdout", "k", "seed", "line", "role", "episode", "step", "iou"]
-                    )
-                    frame.to_csv(folder / ("episodes.csv.gz" if compressed else "episodes.csv"), index=False)
+                                rows.append((run_id, algo, holdout, k, seed, line, role, episode, step, iou.mean()))
+                                crops += [(run_id, algo, holdout, k, seed, line, role, 1000 * li + int(q), step, v)
+                                          for q, v in zip(queries, iou)]
+                    columns = ["run_id", "algo", "holdout", "k", "seed", "line", "role", "episode", "step", "iou"]
+                    suffix = ".csv.gz" if compressed else ".csv"
+                    pd.DataFrame(rows, columns=columns).to_csv(folder / f"episodes{suffix}", index=False)
+                    if images:
+                        per_crop = pd.DataFrame(crops, columns=[c if c != "episode" else "image_id" for c in columns])
+                        keys = [c for c in per_crop.columns if c != "iou"]
+                        per_image = per_crop.groupby(keys, sort=False, as_index=False).agg(iou=("iou", "mean"), crops=("iou", "size"))
+                        per_image.to_csv(folder / f"images{suffix}", index=False)
                     config = {"algo": algo, "holdout": holdout, "k": k, "seed": seed, "preset": preset,
                               "data_root": data_root, "inner_steps": steps}
                     summary = {"run_id": run_id, "status": status, "config": config, "wall_s": 1.0,
@@ -84,11 +96,16 @@ def episodes_of(root: Path) -> pd.DataFrame:
     return pd.concat([pd.read_csv(p) for p in sorted(root.glob("runs/*/episodes.csv*"))], ignore_index=True)
 
 
+def images_of(root: Path) -> pd.DataFrame:
+    """Every fabricated per-image record, read back independently of the report code."""
+    return pd.concat([pd.read_csv(p) for p in sorted(root.glob("runs/*/images.csv*"))], ignore_index=True)
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     root = write_results(tmp_path_factory.mktemp("results"))
     out = root / "report"
-    written = build_report(root, out, n_resamples=FAST)
+    written = build_report(root, out)
     return root, out, written
 
 
@@ -98,7 +115,8 @@ def test_every_table_and_plot_is_written(report):
     assert {
         "report.md", "tables/leave_one_line_out.md", "tables/leave_one_line_out.csv", "tables/per_holdout.md",
         "tables/per_holdout.csv", "tables/paired.md", "tables/paired.csv", "tables/published.md",
-        "tables/published.csv", "tables/adaptation_curves.csv", "plots/held_out_bars.png",
+        "tables/published.csv", "tables/adaptation_curves.csv", "tables/k_effect.md", "tables/k_effect.csv",
+        "plots/held_out_bars.png",
         "plots/adaptation_curves.png", "plots/examples_A172_k1.png", "plots/examples_A172_k3.png",
         "plots/examples_MCF7_k1.png", "plots/examples_MCF7_k3.png",
     } == names
@@ -119,15 +137,18 @@ def test_report_md_links_resolve(report):
 
 def test_leave_one_line_out_cells_match_an_independent_computation(report):
     root, out, _ = report
-    raw = episodes_of(root)
+    raw, per_image = episodes_of(root), images_of(root)
     table = pd.read_csv(out / "tables" / "leave_one_line_out.csv")
     assert len(table) == 2 * 2 * 2  # algorithms x held-out lines x k
     for row in table.itertuples():
         mine = raw[(raw.algo == row.algo) & (raw.k == row.k) & (raw.holdout == row.holdout) & (raw.line == row.holdout)]
-        final = mine[mine.step == mine.step.max()].iou.to_numpy()
-        ci = flat_ci(final, n_resamples=FAST)
+        final = mine[mine.step == mine.step.max()]
+        images = per_image[(per_image.algo == row.algo) & (per_image.k == row.k) & (per_image.line == row.holdout)]
+        images = images[(images.holdout == row.holdout) & (images.step == images.step.max())]
+        ci = mean_ci(images.iou, images.seed, images.image_id, images.crops)  # the test images are the units
         assert (row.mean, row.low, row.high) == pytest.approx((ci.mean, ci.low, ci.high), abs=1e-6)
-        assert row.episodes == 12 and row.seeds == 1
+        assert row.mean == pytest.approx(final.iou.mean(), abs=1e-6)  # the mean over crops = over episodes
+        assert row.episodes == 12 and row.seeds == 1 and 1 < row.images == images.image_id.nunique() <= IMAGES_PER_LINE
         assert row.step0 == pytest.approx(mine[mine.step == 0].iou.mean(), abs=1e-6)
         assert row.low < row.mean < row.high
     md = (out / "tables" / "leave_one_line_out.md").read_text()
@@ -138,7 +159,7 @@ def test_leave_one_line_out_cells_match_an_independent_computation(report):
 def test_lines_in_catalogue_order_and_missing_cells_are_dashes(report):
     _, out, _ = report
     md = (out / "tables" / "leave_one_line_out.md").read_text().splitlines()
-    assert md[0] == "| algorithm | k | " + " | ".join(ALL_LINES) + " | seeds | episodes |"
+    assert md[0] == "| algorithm | k | " + " | ".join(ALL_LINES) + " | seeds | images | episodes |"
     rows = [line.split(" | ") for line in md[2:6]]
     assert [(r[0].strip("| "), r[1]) for r in rows] == [("maml", "1"), ("maml", "3"), ("finetune", "1"), ("finetune", "3")]
     for r in rows:  # run: A172 (column 2) and MCF7 (column 6); the rest not run
@@ -162,25 +183,83 @@ def test_per_holdout_table_marks_the_held_out_line_and_covers_all_eight(report):
 
 def test_paired_comparisons_match_manual_pairing(report):
     root, out, _ = report
-    raw = episodes_of(root)
+    raw = images_of(root)
     final = raw[(raw.step == raw.step.max()) & (raw.role == "held-out")]
-    keys = ["holdout", "k", "seed", "line", "episode"]
+    keys = ["holdout", "k", "seed", "line", "image_id"]
     merged = final[final.algo == "maml"].merge(final[final.algo == "finetune"], on=keys, suffixes=("", "_ft"))
+    assert (merged.crops == merged.crops_ft).all()  # identical crops behind each pair
     table = pd.read_csv(out / "tables" / "paired.csv")
     assert set(table.algo) == {"maml"} and len(table) == 4
     for k in (1, 3):
         mine = table[table.k == k].set_index("line")
         expected_p = []
         for line in mine.index:
-            diff = (merged.iou - merged.iou_ft)[(merged.k == k) & (merged.line == line)].to_numpy()
-            assert mine.loc[line, "pairs"] == len(diff) == 12
-            assert mine.loc[line, "mean"] == pytest.approx(diff.mean(), abs=1e-6)
-            assert mine.loc[line, "p"] == pytest.approx(wilcoxon_p(diff), rel=1e-5)
-            expected_p.append(wilcoxon_p(diff))
+            pairs = merged[(merged.k == k) & (merged.line == line)]
+            ci = mean_ci(pairs.iou - pairs.iou_ft, pairs.seed, pairs.image_id, pairs.crops)
+            assert mine.loc[line, "pairs"] == len(pairs) == mine.loc[line, "images"] == pairs.image_id.nunique()
+            assert mine.loc[line, "mean"] == pytest.approx(ci.mean, abs=1e-6)
+            assert mine.loc[line, "p"] == pytest.approx(ci.p, rel=1e-5)
+            expected_p.append(ci.p)
         assert mine["p_holm"].to_numpy() == pytest.approx(holm(expected_p), rel=1e-5)
+        assert list(mine["verdict"]) == [verdict(m, p) for m, p in zip(mine["mean"], mine["p_holm"])]
         assert (mine["mean"] > 0).all()  # maml gains more per step than fine-tuning by construction
     md = (out / "tables" / "paired.md").read_text()
-    assert "minus finetune" in md and "Holm p" in md
+    assert "minus finetune" in md and "Holm p" in md and "verdict" in md
+
+
+def test_the_effect_of_k_is_paired_per_image(report):
+    root, out, _ = report
+    raw = images_of(root)
+    final = raw[(raw.step == raw.step.max()) & (raw.role == "held-out")]
+    table = pd.read_csv(out / "tables" / "k_effect.csv")
+    assert len(table) == 2 * 2 and set(table.k) == {3} and set(table.k_low) == {1}
+    for row in table.itertuples():
+        mine = final[(final.algo == row.algo) & (final.holdout == row.line)]
+        pairs = mine[mine.k == 3].merge(mine[mine.k == 1], on=["seed", "line", "image_id"], suffixes=("", "_1"))
+        assert (pairs.crops == pairs.crops_1).all()  # both k score the same query crops
+        ci = mean_ci(pairs.iou - pairs.iou_1, pairs.seed, pairs.image_id, pairs.crops)
+        assert (row.mean, row.low, row.high, row.p) == pytest.approx((ci.mean, ci.low, ci.high, ci.p), rel=1e-5)
+        assert row.mean > 0  # gain scales with k by construction
+    assert "## The effect of k" in (out / "report.md").read_text()
+
+
+def test_practical_threshold_is_a_report_setting(tmp_path, capsys):
+    root = write_results(tmp_path / "results", algos=("maml", "finetune"), holdouts=("MCF7",), ks=(1,), examples=False)
+    build_report(root, tmp_path / "strict", threshold=0.0)
+    build_report(root, tmp_path / "lenient", threshold=0.5)
+    strict = pd.read_csv(tmp_path / "strict" / "tables" / "paired.csv").iloc[0]
+    lenient = pd.read_csv(tmp_path / "lenient" / "tables" / "paired.csv").iloc[0]
+    assert strict.p == lenient.p and strict.verdict == verdict(strict["mean"], strict.p_holm, 0.0) != "no difference"
+    assert lenient.verdict == "no difference"
+    assert "smaller than 0.5 IoU" in (tmp_path / "lenient" / "report.md").read_text()
+    assert cli_main(["report", "--results", str(root), "--out", str(tmp_path / "cli"), "--practical-difference", "0.5"]) == 0
+    assert pd.read_csv(tmp_path / "cli" / "tables" / "paired.csv").verdict.eq("no difference").all()
+    capsys.readouterr()
+    assert "--practical-difference must be" in _error_line(capsys, ["report", "--results", str(root), "--practical-difference", "-1"])
+
+
+def test_per_image_records_of_one_protocol_at_a_time(tmp_path):
+    root = write_results(tmp_path, algos=("maml",), holdouts=("MCF7",), ks=(1,), examples=False)
+    path = root / "runs" / "maml-MCF7-k1-s0" / "images.csv"
+    seed = pd.read_csv(path).assign(protocol="seed")
+    pd.concat([seed, seed.assign(protocol="tuned", iou=seed.iou / 2)]).to_csv(path, index=False)
+    runs = completed_runs(root)
+    units = {protocol: load_units(runs, load_episodes(runs, protocol), protocol) for protocol in ("seed", "tuned")}
+    assert len(units["seed"]) == len(units["tuned"]) == len(seed)
+    assert units["tuned"].iou.sum() == pytest.approx(units["seed"].iou.sum() / 2)
+
+
+def test_records_without_per_image_rows_fall_back_to_episodes_and_say_so(tmp_path):
+    root = write_results(tmp_path, algos=("maml", "finetune"), holdouts=("MCF7",), ks=(1, 3), images=False, examples=False)
+    build_report(root, root)
+    raw = episodes_of(root)
+    final = raw[(raw.algo == "maml") & (raw.k == 1) & (raw.line == "MCF7") & (raw.step == raw.step.max())]
+    row = pd.read_csv(root / "tables" / "leave_one_line_out.csv").query("algo == 'maml' and k == 1").iloc[0]
+    ci = mean_ci(final.iou)
+    assert (row["mean"], row.low, row.high) == pytest.approx((ci.mean, ci.low, ci.high), abs=1e-6)
+    assert row.images == 0
+    assert "predate per-image records" in (root / "report.md").read_text()
+    assert "No k comparisons" in (root / "tables" / "k_effect.md").read_text()
 
 
 def test_published_numbers_are_beside_ours_and_marked(report):
@@ -198,7 +277,7 @@ def test_published_numbers_are_beside_ours_and_marked(report):
 
 def test_published_row_missing_when_mcf7_not_run(tmp_path):
     root = write_results(tmp_path, algos=("maml",), holdouts=("A172",), ks=(3,), examples=False)
-    build_report(root, root, n_resamples=FAST)
+    build_report(root, root)
     rows = (root / "tables" / "published.md").read_text().splitlines()[2:]
     assert all(row.endswith("| — |") for row in rows)
     assert "No paired comparisons" in (root / "tables" / "paired.md").read_text()
@@ -206,18 +285,19 @@ def test_published_row_missing_when_mcf7_not_run(tmp_path):
     assert not list(root.glob("plots/examples_*.png"))
 
 
-def test_several_seeds_use_the_hierarchical_interval(tmp_path):
+def test_several_seeds_cross_with_the_images(tmp_path):
     root = write_results(tmp_path, algos=("reptile", "finetune"), holdouts=("BV-2",), ks=(1,), seeds=(0, 1, 2))
-    build_report(root, root / "out", n_resamples=FAST)
-    raw = episodes_of(root)
+    build_report(root, root / "out")
+    raw = images_of(root)
     row = pd.read_csv(root / "out" / "tables" / "leave_one_line_out.csv").query("algo == 'reptile'").iloc[0]
     final = raw[(raw.algo == "reptile") & (raw.line == "BV-2") & (raw.step == raw.step.max())]
-    ci = mean_ci(final.iou.to_numpy(), final.seed.to_numpy(), n_resamples=FAST)
+    ci = mean_ci(final.iou, final.seed, final.image_id, final.crops)
     assert (row["mean"], row.low, row.high) == pytest.approx((ci.mean, ci.low, ci.high), abs=1e-6)
-    assert row.seeds == 3 and row.episodes == 36
-    assert row.high - row.low > flat_ci(final.iou, n_resamples=FAST).high - flat_ci(final.iou, n_resamples=FAST).low
+    assert row.seeds == 3 and row.episodes == 36 and row.images == final.image_id.nunique()  # images shared by the seeds
+    without_seeds = mean_ci(final.iou, None, final.image_id, final.crops)
+    assert row.high - row.low > without_seeds.high - without_seeds.low  # seeds differ by construction
     paired = pd.read_csv(root / "out" / "tables" / "paired.csv")
-    assert paired.loc[0, "pairs"] == 36 and paired.loc[0, "seeds"] == 3
+    assert paired.loc[0, "pairs"] == len(final) and paired.loc[0, "seeds"] == 3
 
 
 def test_partial_sweep_failed_and_unfinished_runs_are_left_out(tmp_path):
@@ -233,8 +313,8 @@ def test_partial_sweep_failed_and_unfinished_runs_are_left_out(tmp_path):
 
 def test_only_the_final_step_is_the_headline(tmp_path):
     root = write_results(tmp_path, algos=("maml",), holdouts=("MCF7",), ks=(3,), steps=5)
-    records = load_episodes(completed_runs(root))
-    cells = cell_summary(records, n_resamples=FAST)
+    runs = completed_runs(root)
+    cells = cell_summary(load_units(runs, load_episodes(runs)))
     held = cells[cells.line == "MCF7"].iloc[0]
     raw = episodes_of(root)
     assert held["mean"] == pytest.approx(raw[(raw.line == "MCF7") & (raw.step == 5)].iou.mean())
@@ -243,18 +323,20 @@ def test_only_the_final_step_is_the_headline(tmp_path):
 
 def test_unmatched_episodes_are_not_paired(tmp_path):
     root = write_results(tmp_path, algos=("maml", "finetune"), holdouts=("MCF7",), ks=(1,), examples=False)
-    path = root / "runs" / "finetune-MCF7-k1-s0" / "episodes.csv"
+    path = root / "runs" / "finetune-MCF7-k1-s0" / "images.csv"
     frame = pd.read_csv(path)
-    frame[~((frame.line == "MCF7") & (frame.episode >= 10))].to_csv(path, index=False)
-    table = paired_differences(load_episodes(completed_runs(root)), n_resamples=FAST)
-    assert table.loc[0, "pairs"] == 10
+    dropped = (frame.line == "MCF7") & (frame.image_id % 1000 >= 4)
+    frame[~dropped].to_csv(path, index=False)
+    runs = completed_runs(root)
+    table = paired_differences(load_units(runs, load_episodes(runs)))
+    assert table.loc[0, "pairs"] == frame[(frame.line == "MCF7") & ~dropped].image_id.nunique() < frame[frame.line == "MCF7"].image_id.nunique()
 
 
 def test_gzipped_records_and_reproducible_output(tmp_path):
     root = write_results(tmp_path, algos=("maml", "finetune"), holdouts=("SkBr3",), ks=(1,), compressed=True, examples=False)
-    build_report(root, tmp_path / "a", n_resamples=FAST)
-    build_report(root, tmp_path / "b", n_resamples=FAST)
-    for name in ("leave_one_line_out.csv", "paired.csv", "adaptation_curves.csv", "per_holdout.csv"):
+    build_report(root, tmp_path / "a")
+    build_report(root, tmp_path / "b")
+    for name in ("leave_one_line_out.csv", "paired.csv", "k_effect.csv", "adaptation_curves.csv", "per_holdout.csv"):
         assert (tmp_path / "a" / "tables" / name).read_text() == (tmp_path / "b" / "tables" / name).read_text()
 
 
@@ -262,7 +344,7 @@ def test_stale_example_plots_are_removed(tmp_path):
     root = write_results(tmp_path, algos=("maml",), holdouts=("MCF7",), ks=(1,))
     (root / "plots").mkdir()
     (root / "plots" / "examples_A172_k3.png").write_bytes(b"old")
-    build_report(root, root, n_resamples=FAST)
+    build_report(root, root)
     assert sorted(p.name for p in root.glob("plots/examples_*.png")) == ["examples_MCF7_k1.png"]
 
 
@@ -326,6 +408,19 @@ def test_malformed_records_name_the_file(tmp_path, damage, message):
     assert str(path) in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "damage, message",
+    [(lambda f: f.drop(columns=["crops"]), "missing columns crops"), (lambda f: f.assign(crops=0), "crops must be positive")],
+)
+def test_malformed_image_records_name_the_file(tmp_path, damage, message):
+    root = write_results(tmp_path, algos=("maml",), holdouts=("MCF7",), ks=(1,), examples=False)
+    path = root / "runs" / "maml-MCF7-k1-s0" / "images.csv"
+    damage(pd.read_csv(path)).to_csv(path, index=False)
+    with pytest.raises(DataError, match=message) as err:
+        build_report(root, root)
+    assert str(path) in str(err.value)
+
+
 def test_broken_summary_and_missing_records_name_the_file(tmp_path):
     root = write_results(tmp_path, algos=("maml",), holdouts=("MCF7",), ks=(1,), examples=False)
     run = root / "runs" / "maml-MCF7-k1-s0"
@@ -341,7 +436,7 @@ def test_bad_examples_file_is_reported(tmp_path):
     root = write_results(tmp_path, algos=("maml",), holdouts=("MCF7",), ks=(1,))
     np.savez(root / "runs" / "maml-MCF7-k1-s0" / "examples.npz", image=np.zeros((1, 4, 4), np.uint8))
     with pytest.raises(DataError, match="missing array.*truth, prediction"):
-        build_report(root, root, n_resamples=FAST)
+        build_report(root, root)
 
 
 def test_stale_runs_are_left_out_counted_and_never_mixed_in(tmp_path):
@@ -350,7 +445,7 @@ def test_stale_runs_are_left_out_counted_and_never_mixed_in(tmp_path):
     stale = sorted((results / "runs").iterdir())[0] / "summary.json"
     summary = json.loads(stale.read_text())
     stale.write_text(json.dumps({**summary, "numerics_version": NUMERICS_VERSION - 1}))
-    build_report(results, results, FAST)
+    build_report(results, results)
     index = (results / "report.md").read_text()
     assert f"1 stale run(s) left out: 1 of numerics version {NUMERICS_VERSION - 1}" in index
     assert summary["run_id"] not in set(completed_runs(results).run_id)

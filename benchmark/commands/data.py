@@ -63,7 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     synth.add_argument("--seed", type=int, default=None, help="random seed, >= 0 (default: 0; needs --root)")
     synth.add_argument(
         "--images-per-line", type=int, default=None, metavar="N",
-        help="images per cell line over all splits, split about 3:1:2 into train:val:test (default: 32 = 16 + 5 + 11; needs --root)",
+        help="images per cell line over all splits, split about 3:1:2 into train:val:test (default: 120 = 60 + 20 + 40; needs --root)",
     )
     synth.set_defaults(func=run_synth)
 

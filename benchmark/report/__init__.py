@@ -1,8 +1,8 @@
 """``report``: tables and plots from everything completed in a results folder.
 
-Everything is a group-by over the per-episode records the store wrote (:mod:`.records`), summarised
-with bootstrap intervals (:mod:`.summaries`), rendered as Markdown/CSV (:mod:`.tables`) and PNG
-(:mod:`.plots`), and indexed by ``report.md`` for the README to embed from.
+Everything is a group-by over the per-image records the store wrote (:mod:`.records`), summarised
+with intervals over test images and seeds (:mod:`.summaries`), rendered as Markdown/CSV (:mod:`.tables`)
+and PNG (:mod:`.plots`), and indexed by ``report.md`` for the README to embed from.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.report import plots, tables
-from benchmark.report.records import BASELINE, completed_runs, load_episodes, stale_runs
+from benchmark.report.records import BASELINE, IMAGE, completed_runs, load_episodes, load_units, stale_runs, unit_kind
 from benchmark.report.summaries import (
-    LINE_ORDER, adaptation_curves, algo_order, cell_summary, ordered, paired_differences,
+    LINE_ORDER, adaptation_curves, algo_order, cell_summary, k_differences, ordered, paired_differences,
 )
 from benchmark.numerics import NUMERICS_VERSION
-from benchmark.stats import N_RESAMPLES
+from benchmark.stats import PRACTICAL_DIFFERENCE
 from tasks.errors import DataError
 
 TABLES, PLOTS = "tables", "plots"
@@ -35,16 +35,23 @@ def _csv(path: Path, frame: pd.DataFrame) -> Path:
     return path
 
 
-def build_report(results: Path, out: Path, n_resamples: int = N_RESAMPLES) -> list[Path]:
-    """Write the report of ``results`` (a folder with ``runs/``) into ``out``; return the files written."""
+def build_report(results: Path, out: Path, threshold: float = PRACTICAL_DIFFERENCE) -> list[Path]:
+    """Write the report of ``results`` (a folder with ``runs/``) into ``out``; return the files written.
+
+    ``threshold``: the practical difference in IoU below which a paired difference is reported as "no difference".
+    """
     results, out = Path(results), Path(out)
     runs, stale_counts = completed_runs(results), stale_runs(results)
     if runs.empty:
         raise DataError(f"{results}: no completed runs of today's code under {results / 'runs'}{_stale_note(stale_counts)}")
+    if not threshold >= 0:
+        raise ValueError(f"the practical difference must be a non-negative IoU, got {threshold}")
     records = load_episodes(runs)
-    cells = cell_summary(records, n_resamples)
-    curves = adaptation_curves(records, n_resamples)
-    pairs = paired_differences(records, n_resamples)
+    units = load_units(runs, records)
+    cells = cell_summary(units)
+    curves = adaptation_curves(units)
+    pairs = paired_differences(units, threshold)
+    k_pairs = k_differences(units, threshold)
 
     written = []
     lolo_md, lolo_csv = tables.lolo(cells)
@@ -54,12 +61,14 @@ def build_report(results: Path, out: Path, n_resamples: int = N_RESAMPLES) -> li
                 _csv(out / TABLES / "per_holdout.csv", seed_csv)]
     paired_md = tables.paired(pairs) if len(pairs) else f"No paired comparisons: no `{BASELINE}` runs matching other algorithms' episodes.\n"
     written += [_write(out / TABLES / "paired.md", paired_md), _csv(out / TABLES / "paired.csv", ordered(pairs))]
+    k_md = tables.k_effect(k_pairs) if len(k_pairs) else "No k comparisons: no algorithm has per-image records at two k.\n"
+    written += [_write(out / TABLES / "k_effect.md", k_md), _csv(out / TABLES / "k_effect.csv", ordered(k_pairs))]
     published_md, published_csv = tables.published(cells)
     written += [_write(out / TABLES / "published.md", published_md), _csv(out / TABLES / "published.csv", published_csv)]
     written.append(_csv(out / TABLES / "adaptation_curves.csv", ordered(curves)))
 
-    for stale in (out / PLOTS).glob("examples_*.png"):  # examples of runs no longer in the folder
-        stale.unlink()
+    for old in (out / PLOTS).glob("examples_*.png"):  # examples of runs no longer in the folder
+        old.unlink()
     written.append(plots.held_out_bars(cells, out / PLOTS / "held_out_bars.png"))
     written.append(plots.adaptation_curves(curves, out / PLOTS / "adaptation_curves.png"))
     examples = []
@@ -70,7 +79,7 @@ def build_report(results: Path, out: Path, n_resamples: int = N_RESAMPLES) -> li
                 examples.append((line, int(k), grid))
     written += [grid for _, _, grid in examples]
 
-    index = _index(results, runs, records, lolo_md, published_md, examples, out, paired=len(pairs) > 0, stale=stale_counts)
+    index = _index(results, runs, records, units, threshold, lolo_md, published_md, examples, out, paired=len(pairs) > 0, stale=stale_counts)
     written.append(_write(out / "report.md", index))
     return written
 
@@ -83,22 +92,33 @@ def _stale_note(stale: dict[str, int]) -> str:
             "rerun them with `python -m benchmark sweep`)")
 
 
-def _index(results, runs, records, lolo_md, published_md, examples, out: Path, paired: bool, stale: dict[str, int]) -> str:
+def _index(results, runs, records, units, threshold, lolo_md, published_md, examples, out: Path, paired: bool,
+           stale: dict[str, int]) -> str:
     """``report.md``: what was measured, the headline table inline, links to everything else."""
     steps = sorted(records.loc[records["final"], "step"].unique())
     preset = ", ".join(f"`{p}`" for p in sorted(set(map(str, runs["preset"]))))
     source = str(runs["data"].iloc[0])  # one data set per folder (records.completed_runs)
     data = f"the synthetic LIVECell look-alike ({source})" if source.startswith("synthetic") else f"LIVECell at `{source}`"
     episodes = records[records["final"] & (records["role"] == "held-out")].groupby("run_id").size()
+    held_units = units[units["final"] & (units["role"] == "held-out")]
+    held_images = held_units.groupby(["algo", "k", "holdout"])["unit"].agg(lambda u: u[u.str.startswith(IMAGE + " ")].nunique())
+    unit_warning = [] if unit_kind(units["unit"]) == IMAGE else [
+        "**Some runs predate per-image records** (no `images.csv.gz`): their intervals and tests treat episodes "
+        "as independent, which overstates precision; rerun them (`--force`) for image-level statistics.\n"
+    ]
     parts = [
         "# Results\n",
         f"Generated by `python -m benchmark report` from {len(runs)} completed run(s) in `{results}`"
         f" (preset {preset}; data: {data}; algorithms {', '.join(algo_order(runs['algo'].unique()))}; k = "
         f"{', '.join(map(str, sorted(runs['k'].unique())))}; seeds {', '.join(map(str, sorted(runs['seed'].unique())))}).\n",
-        "Cells are the mean IoU over evaluation episodes after the final adaptation step "
-        f"(step {', '.join(map(str, steps))}) with a 95% bootstrap confidence interval: BCa over episodes with one seed, "
-        "a two-level bootstrap (seeds, then episodes within a seed) with several. "
-        f"Held-out episodes per run: {tables.span(episodes)}. \"{tables.MISSING}\" marks a combination not run yet.\n",
+        "Cells are the mean IoU over the query crops of all evaluation episodes after the final adaptation step "
+        f"(step {', '.join(map(str, steps))}) with a 95% confidence interval whose units are what varies: the test "
+        "images (and the seeds, where there are several), not the episodes, which reuse the same images. With one "
+        "seed the interval speaks for that meta-trained model only. Method and simulated coverage: "
+        "`docs/statistics.md` in the repository. "
+        f"Held-out episodes per run: {tables.span(episodes)}; distinct test images per held-out cell: "
+        f"{tables.span(held_images)}. \"{tables.MISSING}\" marks a combination not run yet.\n",
+        *unit_warning,
         *([f"Left out:{_stale_note(stale)}.\n"] if stale else []),
         "## Leave one line out\n",
         "Each column is a run with that line held out of meta-training; the cell is IoU on that line.\n",
@@ -115,13 +135,20 @@ def _index(results, runs, records, lolo_md, published_md, examples, out: Path, p
         *(
             [
                 f"## Paired comparisons against `{BASELINE}`\n",
-                "Each algorithm minus fine-tuning on identical held-out episodes: mean difference with 95% CI, "
-                "Wilcoxon signed-rank p, Holm-corrected across the lines of each algorithm and k. "
+                "Each algorithm minus fine-tuning on identical held-out crops, paired per test image: mean difference "
+                "with 95% CI, the p of a t-test over images and seeds, Holm-corrected across the lines of each "
+                f"algorithm and k. A difference smaller than {threshold:g} IoU is reported as \"no difference\", "
+                "whatever its p; otherwise \"higher\" or \"lower\" when Holm p < 0.05, else \"unclear\". "
                 f"[Markdown]({TABLES}/paired.md), [CSV]({TABLES}/paired.csv).\n",
             ]
             if paired
             else []
         ),
+        "## The effect of k\n",
+        "Each algorithm's held-out IoU at k = 3 minus k = 1 (the larger k minus the smaller): the episodes of both "
+        "k share their query crops, so the difference is paired per test image, with the same t-test, Holm across "
+        f"the lines of each algorithm, and the same verdicts (below {threshold:g} IoU: \"no difference\"). "
+        f"[Markdown]({TABLES}/k_effect.md), [CSV]({TABLES}/k_effect.csv).\n",
         "## The seed paper's published numbers (a different setting)\n",
         "The seed paper meta-trained a U-Net with a VGG-11 encoder on the real LIVECell images and held out MCF7. "
         f"These runs use {data} and the model of preset `{preset}`, so the two columns come from different settings "

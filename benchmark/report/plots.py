@@ -1,6 +1,6 @@
 """The report's figures (PNG, matplotlib's Agg backend, seaborn styling).
 
-Error bars and bands are the report's own 95% bootstrap intervals (:mod:`benchmark.stats`), not
+Error bars and bands are the report's own 95% intervals (:mod:`benchmark.stats`), not
 seaborn's, so the plots and the tables agree. Each algorithm keeps one colour across all figures.
 """
 
@@ -55,7 +55,7 @@ def held_out_bars(cells: pd.DataFrame, path: Path) -> Path:
         ax.set_xticks(np.arange(len(LINE_ORDER)), LINE_ORDER)
         ax.set_ylim(0, 1)
         ax.set_ylabel("IoU after adaptation")
-        ax.set_title(f"Held-out IoU, k={k} support image{'s' if k > 1 else ''} (mean, 95% bootstrap CI)")
+        ax.set_title(f"Held-out IoU, k={k} support image{'s' if k > 1 else ''} (mean, 95% CI over test images)")
     axes[-1, 0].set_xlabel("held-out cell line (— : not run yet)")
     axes[0, 0].legend(title="algorithm", loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
@@ -97,7 +97,7 @@ def adaptation_curves(curves: pd.DataFrame, path: Path) -> Path:
             ax.set_ylabel("IoU")
     handles = [plt.Line2D([], [], color=colours[a], marker=".", label=a) for a in algos]
     fig.legend(handles=handles, title="algorithm", loc="upper left", bbox_to_anchor=(1.0, 0.95))
-    fig.suptitle("Adaptation curves on the held-out line (mean, 95% bootstrap CI)")
+    fig.suptitle("Adaptation curves on the held-out line (mean, 95% CI over test images)")
     fig.tight_layout()
     return _save(fig, path)
 

@@ -23,6 +23,10 @@ from tasks.errors import DataError
 
 EPISODE_FILES = ("episodes.csv", "episodes.csv.gz")
 EPISODE_COLUMNS = ("run_id", "algo", "holdout", "k", "seed", "line", "role", "episode", "step", "iou")
+IMAGE_FILES = ("images.csv", "images.csv.gz")
+IMAGE_COLUMNS = ("run_id", "algo", "holdout", "k", "seed", "line", "role", "image_id", "step", "iou", "crops")
+UNIT_COLUMNS = ("run_id", "algo", "holdout", "k", "seed", "line", "role", "unit", "step", "iou", "weight", "episodes")
+IMAGE, EPISODE = "image", "episode"  # statistical units: a test image, or (records without images.csv) an episode
 ROLES = ("held-out", "seen")
 BASELINE = "finetune"
 PER_RUN = POOLED  # what may differ between the runs of one report: the grid, an algorithm's own options, provenance
@@ -108,11 +112,15 @@ def _check_one_setting(runs: pd.DataFrame, settings: dict[Path, dict], results: 
         )
 
 
+def _first_file(folder: Path, names: tuple[str, ...]) -> Path | None:
+    return next((folder / name for name in names if (folder / name).is_file()), None)
+
+
 def _episode_file(folder: Path) -> Path:
-    for name in EPISODE_FILES:
-        if (folder / name).is_file():
-            return folder / name
-    raise DataError(f"{folder}: completed run without {' or '.join(EPISODE_FILES)}")
+    path = _first_file(folder, EPISODE_FILES)
+    if path is None:
+        raise DataError(f"{folder}: completed run without {' or '.join(EPISODE_FILES)}")
+    return path
 
 
 def load_episodes(runs: pd.DataFrame, protocol: str = "seed") -> pd.DataFrame:
@@ -150,4 +158,46 @@ def _validated(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     iou = pd.to_numeric(frame["iou"], errors="coerce")
     if iou.isna().any() or not iou.between(0, 1).all():
         raise DataError(f"{path}: iou must be numbers in [0, 1]")
-    return frame.astype({"k": int, "seed": int, "episode": int, "step": int, "iou": float})
+    types = {"k": int, "seed": int, "episode": int, "image_id": int, "crops": int, "step": int, "iou": float}
+    return frame.astype({column: kind for column, kind in types.items() if column in frame})
+
+
+def load_units(runs: pd.DataFrame, episodes: pd.DataFrame, protocol: str = "seed") -> pd.DataFrame:
+    """The statistical units of ``runs`` under one adaptation protocol: one row per (run, line, test image, step)
+    with the image's mean IoU over its crops and their count as ``weight`` (``images.csv.gz``); ``unit`` is
+    ``image <id>``, the same label under every seed (seeds and images are crossed). Runs written before
+    per-image records fall back to their ``episodes`` rows (``episode <n>``, weight 1), which overstate
+    precision; :func:`unit_kind` tells which. ``episodes`` (:func:`load_episodes` of the same protocol) supplies
+    each run's episode count per line and the fallback rows.
+    """
+    frames = []
+    for run in runs.itertuples():
+        path = _first_file(run.folder, IMAGE_FILES)
+        if path is None:
+            frame = episodes[episodes["run_id"] == run.run_id]
+            frame = frame.assign(unit=EPISODE + " " + frame["episode"].astype(str), weight=1.0)
+        else:
+            frame = pd.read_csv(path)
+            if "protocol" in frame.columns:
+                frame = frame[frame["protocol"] == protocol]
+            elif protocol != "seed":
+                continue
+            missing = [c for c in IMAGE_COLUMNS if c not in frame.columns]
+            if missing:
+                raise DataError(f"{path}: missing columns {', '.join(missing)}")
+            frame = _validated(frame[list(IMAGE_COLUMNS)], path)
+            if (frame["crops"] < 1).any():
+                raise DataError(f"{path}: crops must be positive counts")
+            frame = frame.assign(unit=IMAGE + " " + frame["image_id"].astype(str), weight=frame["crops"].astype(float))
+        frames.append(frame)
+    counts = episodes.groupby(["run_id", "line"])["episode"].nunique().rename("episodes")
+    if not frames:
+        return pd.DataFrame(columns=[*UNIT_COLUMNS, "final"])
+    units = pd.concat(frames, ignore_index=True).join(counts, on=["run_id", "line"])
+    units["final"] = units["step"] == units.groupby("run_id")["step"].transform("max")
+    return units[[*UNIT_COLUMNS, "final"]]
+
+
+def unit_kind(units: pd.Series) -> str:
+    """``image`` when every unit is a test image, else ``episode`` (some records predate per-image rows)."""
+    return IMAGE if units.str.startswith(IMAGE + " ").all() else EPISODE

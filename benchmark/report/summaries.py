@@ -1,22 +1,25 @@
-"""Group-bys over the per-episode records: cell means with CIs, adaptation curves, paired differences.
+"""Group-bys over the per-image records: cell means with CIs, adaptation curves, paired differences.
 
-Headline numbers use each run's final adaptation step; step 0 is the IoU before adaptation. Every
-interval comes from :func:`benchmark.stats.mean_ci` with the episodes' seeds as groups (flat BCa for
-one seed, hierarchical for several) and a fixed RNG seed, so a report is reproducible.
+Headline numbers use each run's final adaptation step; step 0 is the IoU before adaptation. A cell's mean is
+over all its query crops; its interval and every paired test come from :func:`benchmark.stats.mean_ci` with
+test images and seeds as the units (see docs/statistics.md), so 40 episodes that reuse a few dozen test
+images count as what they are. Pairs are matched on (held-out line, k, seed, line, image): identical crops for
+every algorithm, and, since episodes that differ only in k share their query crops, for both k too.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from benchmark.report.records import BASELINE
-from benchmark.stats import N_RESAMPLES, holm, mean_ci, wilcoxon_p
+from benchmark.report.records import BASELINE, IMAGE
+from benchmark.stats import PRACTICAL_DIFFERENCE, holm, mean_ci, verdict
 from tasks.catalogue import LINES
 
 CELL_KEYS = ["algo", "k", "holdout", "line", "role"]
-PAIR_KEYS = ["holdout", "k", "seed", "line", "episode"]
+PAIR_KEYS = ["holdout", "k", "seed", "line", "unit"]
 PREFERRED_ALGOS = ("maml", "fomaml", "reptile", BASELINE)
 LINE_ORDER = [line.name for line in LINES]
+COMPARISON_COLUMNS = ["pairs", "seeds", "images", "mean", "low", "high", "p", "p_holm", "verdict"]
 
 
 def algo_order(algos) -> list[str]:
@@ -25,59 +28,91 @@ def algo_order(algos) -> list[str]:
     return [a for a in PREFERRED_ALGOS if a in present] + sorted(present - set(PREFERRED_ALGOS))
 
 
-def _interval_columns(group: pd.DataFrame, value: str, n_resamples: int) -> pd.Series:
-    ci = mean_ci(group[value].to_numpy(), group["seed"].to_numpy(), n_resamples=n_resamples)
-    return pd.Series({"mean": ci.mean, "low": ci.low, "high": ci.high, "seeds": ci.groups, "episodes": ci.n})
+def _images(units: pd.Series) -> int:
+    """Distinct test images among the units (0 for records that only hold episodes)."""
+    return int(units[units.str.startswith(IMAGE + " ")].nunique())
 
 
-def cell_summary(records: pd.DataFrame, n_resamples: int = N_RESAMPLES) -> pd.DataFrame:
+def _interval_columns(group: pd.DataFrame) -> pd.Series:
+    ci = mean_ci(group["iou"].to_numpy(), group["seed"].to_numpy(), group["unit"].to_numpy(), group["weight"].to_numpy())
+    episodes = group.drop_duplicates("run_id")["episodes"].sum()
+    return pd.Series({"mean": ci.mean, "low": ci.low, "high": ci.high, "seeds": ci.groups,
+                      "images": _images(group["unit"]), "episodes": episodes})
+
+
+def _weighted_mean(group: pd.DataFrame) -> float:
+    return float((group["iou"] * group["weight"]).sum() / group["weight"].sum())
+
+
+def cell_summary(units: pd.DataFrame) -> pd.DataFrame:
     """One row per algorithm x k x held-out line x evaluated line: final-step mean IoU, 95% CI, step-0 mean."""
-    columns = [*CELL_KEYS, "mean", "low", "high", "seeds", "episodes", "step0"]
-    if records.empty:
+    columns = [*CELL_KEYS, "mean", "low", "high", "seeds", "images", "episodes", "step0"]
+    if units.empty:
         return pd.DataFrame(columns=columns)
-    final = records[records["final"]]
-    summary = final.groupby(CELL_KEYS).apply(_interval_columns, "iou", n_resamples, include_groups=False)
-    step0 = records[records["step"] == 0].groupby(CELL_KEYS)["iou"].mean().rename("step0")
+    final = units[units["final"]]
+    summary = final.groupby(CELL_KEYS).apply(_interval_columns, include_groups=False)
+    step0 = units[units["step"] == 0].groupby(CELL_KEYS).apply(_weighted_mean, include_groups=False).rename("step0")
     summary = summary.join(step0).reset_index()
-    return summary.astype({"seeds": int, "episodes": int})[columns]
+    return summary.astype({"seeds": int, "images": int, "episodes": int})[columns]
 
 
-def adaptation_curves(records: pd.DataFrame, n_resamples: int = N_RESAMPLES) -> pd.DataFrame:
+def adaptation_curves(units: pd.DataFrame) -> pd.DataFrame:
     """Held-out IoU against adaptation step: one row per algorithm x k x held-out line x step, with CI."""
-    held_out = records[records["role"] == "held-out"]
+    held_out = units[units["role"] == "held-out"]
     keys = ["algo", "k", "holdout", "step"]
     if held_out.empty:
-        return pd.DataFrame(columns=[*keys, "mean", "low", "high", "seeds", "episodes"])
-    curves = held_out.groupby(keys).apply(_interval_columns, "iou", n_resamples, include_groups=False)
-    return curves.reset_index().astype({"seeds": int, "episodes": int})
+        return pd.DataFrame(columns=[*keys, "mean", "low", "high", "seeds", "images", "episodes"])
+    curves = held_out.groupby(keys).apply(_interval_columns, include_groups=False)
+    return curves.reset_index().astype({"seeds": int, "images": int, "episodes": int})
 
 
-def paired_differences(records: pd.DataFrame, n_resamples: int = N_RESAMPLES) -> pd.DataFrame:
-    """Each algorithm minus the fine-tuning baseline on identical held-out episodes, per line and k.
+def _compare(pairs: pd.DataFrame, keys: list[str], family: list[str], threshold: float) -> pd.DataFrame:
+    """Mean paired difference per ``keys`` with CI and t-test over images and seeds, Holm across ``family``."""
+    def one(group: pd.DataFrame) -> pd.Series:
+        ci = mean_ci(group["diff"].to_numpy(), group["seed"].to_numpy(), group["unit"].to_numpy(), group["weight"].to_numpy())
+        return pd.Series({"pairs": ci.n, "seeds": ci.groups, "images": _images(group["unit"]),
+                          "mean": ci.mean, "low": ci.low, "high": ci.high, "p": ci.p})
 
-    Episodes are matched on (held-out line, k, seed, line, episode); the mean difference gets a CI
-    over the matched pairs, the Wilcoxon signed-rank test a p-value, Holm-corrected across the lines
-    of each (algorithm, k).
+    table = pairs.groupby(keys).apply(one, include_groups=False).reset_index()
+    table["p_holm"] = table.groupby(family)["p"].transform(lambda p: holm(p.to_numpy()))
+    table["verdict"] = [verdict(m, p, threshold) for m, p in zip(table["mean"], table["p_holm"])]
+    return table.astype({"pairs": int, "seeds": int, "images": int})[[*keys, *COMPARISON_COLUMNS]]
+
+
+def paired_differences(units: pd.DataFrame, threshold: float = PRACTICAL_DIFFERENCE) -> pd.DataFrame:
+    """Each algorithm minus the fine-tuning baseline on identical held-out crops, per line and k.
+
+    Matched per (held-out line, k, seed, line, image); Holm-corrected across the lines of each (algorithm, k);
+    a mean difference below ``threshold`` is "no difference", whatever its p.
     """
-    columns = ["algo", "k", "line", "pairs", "seeds", "mean", "low", "high", "p", "p_holm"]
-    final = records[records["final"] & (records["role"] == "held-out")]
+    final = units[units["final"] & (units["role"] == "held-out")]
     base = final[final["algo"] == BASELINE][[*PAIR_KEYS, "iou"]]
-    others = final[final["algo"] != BASELINE][["algo", *PAIR_KEYS, "iou"]]
+    others = final[final["algo"] != BASELINE][["algo", *PAIR_KEYS, "iou", "weight"]]
     pairs = others.merge(base, on=PAIR_KEYS, suffixes=("", "_base"))
     if pairs.empty:
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(columns=["algo", "k", "line", *COMPARISON_COLUMNS])
     pairs["diff"] = pairs["iou"] - pairs["iou_base"]
+    return _compare(pairs, ["algo", "k", "line"], ["algo", "k"], threshold)
 
-    def compare(group: pd.DataFrame) -> pd.Series:
-        ci = mean_ci(group["diff"].to_numpy(), group["seed"].to_numpy(), n_resamples=n_resamples)
-        return pd.Series(
-            {"pairs": ci.n, "seeds": ci.groups, "mean": ci.mean, "low": ci.low, "high": ci.high,
-             "p": wilcoxon_p(group["diff"].to_numpy())}
-        )
 
-    table = pairs.groupby(["algo", "k", "line"]).apply(compare, include_groups=False).reset_index()
-    table["p_holm"] = table.groupby(["algo", "k"])["p"].transform(lambda p: holm(p.to_numpy()))
-    return table.astype({"pairs": int, "seeds": int})[columns]
+def k_differences(units: pd.DataFrame, threshold: float = PRACTICAL_DIFFERENCE) -> pd.DataFrame:
+    """The effect of k: each algorithm's held-out IoU at its largest k minus its smallest, per held-out line.
+
+    Paired per (algorithm, held-out line, seed, image): the two k share their query crops. Only per-image
+    records qualify (episodes of older records drew different images for each k). Holm across the lines of
+    each algorithm; below ``threshold``, "no difference".
+    """
+    final = units[units["final"] & (units["role"] == "held-out") & units["unit"].str.startswith(IMAGE + " ")]
+    keys = ["algo", "holdout", "seed", "line", "unit"]
+    ks = final.groupby("algo")["k"].agg(["min", "max"])
+    ks = ks[ks["min"] < ks["max"]]
+    low = final.merge(ks, left_on=["algo", "k"], right_on=["algo", "min"])[[*keys, "k", "iou", "weight"]]
+    high = final.merge(ks, left_on=["algo", "k"], right_on=["algo", "max"])[[*keys, "k", "iou"]]
+    pairs = high.merge(low, on=keys, suffixes=("", "_low"))
+    if pairs.empty:
+        return pd.DataFrame(columns=["algo", "k", "k_low", "line", *COMPARISON_COLUMNS])
+    pairs["diff"] = pairs["iou"] - pairs["iou_low"]
+    return _compare(pairs, ["algo", "k", "k_low", "line"], ["algo"], threshold)
 
 
 def ordered(frame: pd.DataFrame) -> pd.DataFrame:

@@ -12,7 +12,11 @@ import pandas as pd
 from benchmark.report.summaries import LINE_ORDER, algo_order, ordered
 
 MISSING = "—"
-COUNTS_NOTE = "seeds: seeds per cell; episodes: evaluation episodes per cell, pooled over seeds (a range where cells differ).\n"
+COUNTS_NOTE = (
+    "seeds: seeds per cell; images: distinct test images behind the cell, the interval's unit (0: records without "
+    "per-image rows, whose interval is over episodes); episodes: evaluation episodes per cell, pooled over seeds "
+    "(a range where cells differ).\n"
+)
 BASELINE_LABEL = "finetune"
 
 # The seed paper's numbers: mean IoU on real LIVECell with MCF7 held out, U-Net with a VGG-11 encoder.
@@ -71,8 +75,8 @@ def lolo(cells: pd.DataFrame) -> tuple[str, pd.DataFrame]:
         mine = held[(held["algo"] == algo) & (held["k"] == k)].set_index("holdout")
         row = [algo, str(k)]
         row += [interval(*mine.loc[line, ["mean", "low", "high"]]) if line in mine.index else MISSING for line in LINE_ORDER]
-        rows.append(row + [span(mine["seeds"]), span(mine["episodes"])])
-    header = ["algorithm", "k", *LINE_ORDER, "seeds", "episodes"]
+        rows.append(row + [span(mine["seeds"]), span(mine["images"]), span(mine["episodes"])])
+    header = ["algorithm", "k", *LINE_ORDER, "seeds", "images", "episodes"]
     csv = ordered(held.drop(columns=["line", "role"]))
     return markdown(header, rows, right_from=1) + "\n" + COUNTS_NOTE, csv
 
@@ -89,10 +93,10 @@ def seed_style(cells: pd.DataFrame) -> tuple[str, pd.DataFrame]:
             row = [algo, str(k)]
             for line in LINE_ORDER:
                 row.append(interval(*row_cells.loc[line, ["mean", "low", "high"]]) if line in row_cells.index else MISSING)
-            rows.append(row + [span(row_cells["seeds"]), span(row_cells["episodes"])])
+            rows.append(row + [span(row_cells["seeds"]), span(row_cells["images"]), span(row_cells["episodes"])])
         sections.append(
             f"### {holdout} held out\n\n"
-            + markdown([*header, "seeds", "episodes"], rows, right_from=1)
+            + markdown([*header, "seeds", "images", "episodes"], rows, right_from=1)
         )
     return "\n".join(sections) + "\n" + COUNTS_NOTE, ordered(cells)
 
@@ -100,18 +104,29 @@ def seed_style(cells: pd.DataFrame) -> tuple[str, pd.DataFrame]:
 def paired(table: pd.DataFrame) -> str:
     """Long table: each algorithm minus fine-tuning, per held-out line and k."""
     rows = [
-        [r.algo, str(r.k), r.line, str(r.pairs), str(r.seeds), interval(r.mean, r.low, r.high, signed=True),
-         p_value(r.p), p_value(r.p_holm)]
+        [r.algo, str(r.k), r.line, str(r.seeds), str(r.images), interval(r.mean, r.low, r.high, signed=True),
+         r.verdict, p_value(r.p), p_value(r.p_holm)]
         for r in ordered(table).itertuples()
     ]
-    header = ["algorithm", "k", "held-out line", "pairs", "seeds", f"minus {BASELINE_LABEL} [95% CI]", "Wilcoxon p", "Holm p"]
+    header = ["algorithm", "k", "held-out line", "seeds", "images", f"minus {BASELINE_LABEL} [95% CI]", "verdict", "p", "Holm p"]
+    return markdown(header, rows, right_from=3)
+
+
+def k_effect(table: pd.DataFrame) -> str:
+    """Long table: each algorithm's held-out IoU at the larger k minus the smaller, per held-out line."""
+    rows = [
+        [r.algo, f"{r.k} - {r.k_low}", r.line, str(r.seeds), str(r.images), interval(r.mean, r.low, r.high, signed=True),
+         r.verdict, p_value(r.p), p_value(r.p_holm)]
+        for r in ordered(table).itertuples()
+    ]
+    header = ["algorithm", "k", "held-out line", "seeds", "images", "difference [95% CI]", "verdict", "p", "Holm p"]
     return markdown(header, rows, right_from=3)
 
 
 def published(cells: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     """The seed paper's MCF7 numbers next to ours for the corresponding algorithms and k."""
     ours = cells[(cells["holdout"] == PUBLISHED_LINE) & (cells["line"] == PUBLISHED_LINE)]
-    table = PUBLISHED.merge(ours[["algo", "k", "mean", "low", "high", "seeds", "episodes"]], on=["algo", "k"], how="left")
+    table = PUBLISHED.merge(ours[["algo", "k", "mean", "low", "high", "seeds", "images", "episodes"]], on=["algo", "k"], how="left")
     rows = [
         [r.published_as, r.algo, str(r.k), f"{r.published:.3f}",
          MISSING if pd.isna(r.mean) else interval(r.mean, r.low, r.high)]

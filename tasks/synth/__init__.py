@@ -5,9 +5,9 @@ with density growing over time, train/val wells disjoint from test wells. The sa
 image draws from its own seed, spawned from (seed, line, split, image), so the result does not depend on how the
 lines are spread over worker processes.
 
-Default set, 32 images per line = 16 train + 5 val + 11 test: training episodes with k <= 3 support images leave
->= 13 query images; the test split of a held-out line serves k = 3 support + 4 query images from 11, so evaluation
-episodes vary in their images, not only in their crops.
+Default set, 120 images per line = 60 train + 20 val + 40 test (the 3:1:2 rule of split_sizes): the 40 evaluation
+episodes of a held-out line draw their 160 query crops from 40 test images, so the report's statistics have images,
+not crops of a handful of them, as their unit; the val split serves validation episodes of k = 3 + 4 queries.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from tasks.synth.render import rasterise, render
 from tasks.synth.shapes import cell_count, cells_for_image
 from tasks.synth.styles import style_of
 
-GENERATOR_VERSION = "6"
-DEFAULT_IMAGES_PER_LINE = 32
+GENERATOR_VERSION = "7"
+DEFAULT_IMAGES_PER_LINE = 120
 MAX_IMAGES_PER_LINE = 200  # well x location x crop x timepoint names stay plentiful
 WELL_ROWS, WELL_COLUMNS = "ABCDEFGH", range(1, 13)
 TRAIN_VAL_WELLS, TEST_WELLS = 3, 2
@@ -39,7 +39,7 @@ __all__ = ["GENERATOR_VERSION", "generate", "default_root", "split_sizes"]
 
 
 def split_sizes(images_per_line: int) -> dict[str, int]:
-    """Images per split for one line: val ~ 1/6, test ~ 1/3, train the rest (16/5/11 for 32)."""
+    """Images per split for one line: val ~ 1/6, test ~ 1/3, train the rest (60/20/40 for 120)."""
     if not isinstance(images_per_line, int) or not 3 <= images_per_line <= MAX_IMAGES_PER_LINE:
         raise ValueError(
             f"images_per_line must be an integer from 3 (one per split) to {MAX_IMAGES_PER_LINE}, got {images_per_line!r}"
@@ -103,7 +103,7 @@ def generate(
 ) -> Path:
     """Write a synthetic dataset in the official LIVECell layout under `root` (which must be absent or empty).
 
-    `images_per_line` defaults to 32 (see :func:`split_sizes`). `progress(done, total)` is called as each cell line
+    `images_per_line` defaults to 120 (see :func:`split_sizes`). `progress(done, total)` is called as each cell line
     finishes (total = 8). Lines run in parallel processes, one per available core; the bytes do not depend on it.
     """
     root = Path(root)
