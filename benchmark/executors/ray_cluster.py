@@ -137,10 +137,14 @@ class RayExecutor:
 
         probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
         nodes = [node for node in ray.nodes() if node["Alive"]]
-        answers = ray.get([
-            probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(str(self.out))
-            for node in nodes
-        ])
+        try:
+            answers = ray.get([
+                probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(str(self.out))
+                for node in nodes
+            ])
+        except ray.exceptions.RayTaskError as err:
+            raise UserError(f"Ray workers cannot run this package ({type(err.cause).__name__}: {err.cause}); "
+                            "install the same fewshot-cellseg on every node") from None
         for node, answer in zip(nodes, answers):
             where = f"on the Ray node {node['NodeManagerAddress']}"
             if answer.startswith("error: "):
