@@ -134,9 +134,9 @@ def main(args: argparse.Namespace) -> int:
     if todo:
         with progress_view(console) as progress, executor:
             console.print(f"executor: {args.executor}, {executor.describe()}")
-            _print_estimate(console, todo, store, executor.slots)
             if any(c.data_root is None for c in todo):
-                prepare_default_data(progress)  # once, before the workers all need it
+                prepare_default_data(progress)  # once, before the estimate and the workers need it
+            _print_estimate(console, todo, store, executor.slots)
             view = SweepView(progress, len(todo))
             with closing(executor.events(todo)) as events:
                 for event in events:
