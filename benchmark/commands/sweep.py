@@ -53,8 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ray = parser.add_argument_group("--executor ray")
     ray.add_argument("--address", help="the cluster to join: auto (the one started on this machine by `ray start`) or "
                      "HOST:PORT; default: start a local Ray instance for this sweep")
-    ray.add_argument("--cpus-per-run", type=float,
-                     help="CPUs Ray reserves per run; the run uses as many torch threads (default: 1)")
+    ray.add_argument("--cpus-per-run", type=int,
+                     help="CPUs Ray reserves per run, and the run's torch threads: sets --threads (default: --threads)")
     ray.add_argument("--gpus-per-run", type=float,
                      help="GPUs Ray reserves per run, fractions allowed (default: 0); --device auto becomes cuda when > 0")
     ray.add_argument("--retries", type=int, help="times a run whose worker or node died is resubmitted; "
@@ -63,10 +63,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=main)
 
 
-RAY_FLAGS = {"address": None, "cpus_per_run": 1.0, "gpus_per_run": 0.0, "retries": 2}
+RAY_FLAGS = {"address": None, "cpus_per_run": None, "gpus_per_run": 0.0, "retries": 2}
 
 
-def make_executor(args: argparse.Namespace) -> Executor:
+def make_executor(args: argparse.Namespace, configs: list[RunConfig]) -> Executor:
     """The executor the flags ask for; a flag of the other executor is an error, not silently ignored."""
     given = [name for name in RAY_FLAGS if getattr(args, name) is not None]
     if args.executor == "local":
@@ -80,6 +80,7 @@ def make_executor(args: argparse.Namespace) -> Executor:
     from benchmark.executors.ray_cluster import RayExecutor
 
     flags = {name: RAY_FLAGS[name] if getattr(args, name) is None else getattr(args, name) for name in RAY_FLAGS}
+    flags["cpus_per_run"] = configs[0].threads if configs else 1  # set from --cpus-per-run by _ray_resources
     return RayExecutor(args.out, args.force, **flags)
 
 
@@ -89,7 +90,7 @@ def grid(args: argparse.Namespace) -> list[RunConfig]:
     algos = args.algos or algorithms.available()
     holdouts = [cell_line(name).name for name in (args.holdouts or [line.name for line in LINES])]
     if args.executor == "ray":
-        _ray_device(args)
+        _ray_resources(args)
     # held-out line outermost: a partial sweep already holds complete, paired comparisons for the first lines
     configs = [
         config_from_args(args, algo=algo, holdout=holdout, k=k, seed=seed)
@@ -98,8 +99,16 @@ def grid(args: argparse.Namespace) -> list[RunConfig]:
     return list({config.run_id: config for config in configs}.values())  # a line or seed named twice runs once
 
 
-def _ray_device(args: argparse.Namespace) -> None:
-    """On Ray the device follows the GPUs a run reserves (Ray hides the others from the task), not the driver's."""
+def _ray_resources(args: argparse.Namespace) -> None:
+    """On Ray a run's torch threads are the CPUs it reserves, and its device follows the GPUs it reserves (Ray
+    hides the others from the task), not the driver's."""
+    cpus = args.cpus_per_run
+    if cpus is not None:
+        if cpus < 1:
+            raise UserError(f"invalid value for --cpus-per-run: {cpus} (must be >= 1: it is the run's torch threads)")
+        if args.threads is not None and args.threads != cpus:
+            raise UserError(f"--threads {args.threads} and --cpus-per-run {cpus} differ: on Ray a run has one torch thread per CPU")
+        args.threads = cpus
     gpus = args.gpus_per_run or 0
     device = args.device or resolve(args.preset, args.config).device
     if device == "auto":
@@ -118,13 +127,9 @@ def main(args: argparse.Namespace) -> int:
     if args.print_config:
         console.print_json(json.dumps([{**config.to_dict(), "run_id": config.run_id} for config in configs]))
         return 0
-    executor = make_executor(args)
+    executor = make_executor(args, configs)
     from benchmark.store import Store
 
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"results folder {args.out}: cannot create it ({err.strerror or err})") from None
     store = Store(args.out)
     store.check_writable()
     todo = [c for c in configs if args.force or not store.is_complete(c.run_id)]

@@ -40,16 +40,13 @@ class Executor(Protocol):
         """Compute every configuration, yielding events as they happen; ends when every run has finished."""
 
 
-def execute_in_worker(config: RunConfig, out: str | Path, force: bool, threads: int) -> dict:
-    """One run in the process that computes it, on ``threads`` torch threads. A run that fails for a reason of
-    its own (bad configuration, bad data, a diverging loss) comes back as a failed summary, which the store has
-    already recorded, not as an exception: no executor retries it."""
-    import torch
-
+def execute_in_worker(config: RunConfig, out: str | Path, force: bool) -> dict:
+    """One run in the process that computes it (on ``config.threads`` torch threads, as ``run`` sets them). A run
+    that fails for a reason of its own (bad configuration, bad data, a diverging loss) comes back as a failed
+    summary, which the store has recorded if the run started, not as an exception: no executor retries it."""
     from benchmark.execute import execute
     from benchmark.store import Store
 
-    torch.set_num_threads(threads)
     try:
         return execute(config, Store(out), force=force)
     except Exception as err:

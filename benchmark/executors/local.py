@@ -1,8 +1,7 @@
-"""The local executor: ``jobs`` runs at a time, each in a fresh spawned process on cores // jobs torch threads."""
+"""The local executor: ``jobs`` runs at a time, each in a fresh spawned process (on the run's ``threads``)."""
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
@@ -18,11 +17,10 @@ class LocalExecutor:
         if jobs < 1:
             raise UserError(f"--jobs must be at least 1, got {jobs}")
         self.out, self.force, self.slots = out, force, jobs
-        self.threads = max(1, (os.cpu_count() or 1) // jobs)
         self.pool: ProcessPoolExecutor | None = None
 
     def describe(self) -> str:
-        return f"{self.slots} at a time on this machine ({self.threads} torch thread{'s' if self.threads > 1 else ''} each)"
+        return f"{self.slots} at a time on this machine"
 
     def __enter__(self) -> "LocalExecutor":
         # a fresh process per run: its peak memory is its own
@@ -40,7 +38,7 @@ class LocalExecutor:
         while queue or pending:
             while queue and len(pending) < self.slots:
                 config = queue.pop()
-                pending[self.pool.submit(execute_in_worker, config, self.out, self.force, self.threads)] = config
+                pending[self.pool.submit(execute_in_worker, config, self.out, self.force)] = config
                 yield Event(STARTED, config)
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:

@@ -56,11 +56,11 @@ class _Starts:
         return self.seen[count:]
 
 
-def _run_task(config: RunConfig, out: str, force: bool, threads: int, starts) -> dict:
+def _run_task(config: RunConfig, out: str, force: bool, starts) -> dict:
     import ray
 
     starts.add.remote(config.run_id, ray.util.get_node_ip_address(), os.getpid())
-    return execute_in_worker(config, out, force, threads)
+    return execute_in_worker(config, out, force)
 
 
 def _probe(out: str) -> str | None:
@@ -78,22 +78,21 @@ def _probe(out: str) -> str | None:
 
 
 class RayExecutor:
-    def __init__(self, out: Path, force: bool, address: str | None, cpus_per_run: float, gpus_per_run: float, retries: int):
+    def __init__(self, out: Path, force: bool, address: str | None, cpus_per_run: int, gpus_per_run: float, retries: int):
+        """``cpus_per_run``: the runs' ``threads`` setting; Ray reserves one CPU per torch thread."""
         for flag, value, ok in [("--cpus-per-run", cpus_per_run, cpus_per_run > 0),
                                 ("--gpus-per-run", gpus_per_run, gpus_per_run >= 0), ("--retries", retries, retries >= 0)]:
             if not ok:
                 raise UserError(f"invalid value for {flag}: {value:g}")
         self.out, self.force, self.address = Path(out).resolve(), force, address
         self.cpus, self.gpus, self.retries = cpus_per_run, gpus_per_run, retries
-        self.threads = max(1, int(cpus_per_run))  # one torch thread per CPU the task is given
         self.ray = import_ray(_is_loopback(address))
         self.slots = 1
 
     def describe(self) -> str:
         where = "a local Ray instance" if self.address is None else f"the Ray cluster at {self.address}"
         gpus = f", {self.gpus:g} GPU" if self.gpus else ""
-        threads = f"{self.threads} torch thread{'s' if self.threads > 1 else ''}"
-        return f"{self.slots} at a time on {where} ({self.cpus:g} CPU{gpus} and {threads} per run)"
+        return f"{self.slots} at a time on {where} ({self.cpus} CPU{gpus} per run, one torch thread per CPU)"
 
     def __enter__(self) -> "RayExecutor":
         ray = self.ray
@@ -163,7 +162,7 @@ class RayExecutor:
 
         def submit(config: RunConfig, attempt: int):
             options = task.options(name=config.run_id, num_cpus=self.cpus, num_gpus=self.gpus)
-            return options.remote(config, str(self.out), self.force and attempt == 1, self.threads, starts)
+            return options.remote(config, str(self.out), self.force and attempt == 1, starts)
 
         pending = {submit(config, 1): (config, 1) for config in configs}
         seen = 0
