@@ -26,7 +26,7 @@ class Event:
     kind: str
     config: RunConfig
     summary: dict | None = None
-    detail: str = ""
+    detail: str = ""  # why a run was retried
 
 
 class Executor(Protocol):

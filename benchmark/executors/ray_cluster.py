@@ -11,6 +11,7 @@ retries are off (``max_retries=0``) so that the driver knows each attempt's numb
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -44,22 +45,20 @@ def _is_loopback(address: str | None) -> bool:
 
 
 class _Starts:
-    """A Ray actor the tasks tell when they start (where, which process), so the driver can show what runs."""
+    """A Ray actor the tasks tell when they start, so the driver can show which runs compute now."""
 
     def __init__(self):
-        self.seen: list[tuple[str, str, int]] = []
+        self.seen: list[str] = []
 
-    def add(self, run_id: str, node: str, pid: int) -> None:
-        self.seen.append((run_id, node, pid))
+    def add(self, run_id: str) -> None:
+        self.seen.append(run_id)
 
-    def after(self, count: int) -> list[tuple[str, str, int]]:
+    def after(self, count: int) -> list[str]:
         return self.seen[count:]
 
 
 def _run_task(config: RunConfig, out: str, force: bool, starts) -> dict:
-    import ray
-
-    starts.add.remote(config.run_id, ray.util.get_node_ip_address(), os.getpid())
+    starts.add.remote(config.run_id)
     return execute_in_worker(config, out, force)
 
 
@@ -165,33 +164,38 @@ class RayExecutor:
             return options.remote(config, str(self.out), self.force and attempt == 1, starts)
 
         pending = {submit(config, 1): (config, 1) for config in configs}
+        first_start: dict[str, float] = {}
         seen = 0
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
-                for run_id, node, pid in ray.get(starts.after.remote(seen)):
+                for run_id in ray.get(starts.after.remote(seen)):
                     seen += 1
-                    yield Event(STARTED, by_id[run_id], detail=f"{node} pid {pid}")
+                    first_start.setdefault(run_id, time.perf_counter())
+                    yield Event(STARTED, by_id[run_id])
                 for ref in ready:
                     config, attempt = pending.pop(ref)
+                    wall_s = time.perf_counter() - first_start.get(config.run_id, time.perf_counter())
                     try:
-                        yield Event(FINISHED, config, ray.get(ref))
-                    except ray.exceptions.RayTaskError as err:  # the task itself raised outside a run (an import)
-                        yield self._lost(config, f"{type(err.cause).__name__}: {err.cause}")
+                        event = Event(FINISHED, config, ray.get(ref))
+                    except ray.exceptions.RayTaskError as err:  # the task raised outside a run (an import)
+                        event = self._lost(config, f"{type(err.cause).__name__}: {err.cause}", wall_s)
                     except ray.exceptions.RayError as err:  # the worker or node died: retry from the checkpoint
                         why = f"{type(err).__name__}: {str(err).splitlines()[0]}"
                         if attempt > self.retries:
-                            yield self._lost(config, f"gave up after {attempt} attempts; last: {why}")
+                            event = self._lost(config, f"gave up after {attempt} attempts; last: {why}", wall_s)
                         else:
                             pending[submit(config, attempt + 1)] = (config, attempt + 1)
-                            yield Event(RETRIED, config, detail=f"attempt {attempt + 1} of {self.retries + 1} after {why}")
+                            event = Event(RETRIED, config, detail=f"attempt {attempt + 1} of {self.retries + 1} after {why}")
+                    yield event
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
 
-    def _lost(self, config: RunConfig, error: str) -> Event:
-        """A run whose tasks never returned a summary: recorded failed in the store, its checkpoints kept."""
+    def _lost(self, config: RunConfig, error: str, wall_s: float) -> Event:
+        """A run whose tasks never returned a summary: recorded failed in the store (``wall_s`` since its first
+        attempt started), its checkpoints kept for the next sweep to resume."""
         from benchmark.store import Store
 
-        Store(self.out).fail(config, error, 0.0)
+        Store(self.out).fail(config, error, wall_s)
         return Event(FINISHED, config, failed_summary(config, error))
