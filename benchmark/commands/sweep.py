@@ -1,8 +1,8 @@
-"""``python -m benchmark sweep``: the leave-one-line-out grid, resumable, on a local process pool.
+"""``python -m benchmark sweep``: the leave-one-line-out grid, resumable, on a local process pool or a Ray cluster.
 
-Every run of the grid goes through the same ``execute`` as ``run``; finished runs are skipped, so an
-interrupted sweep continues where it stopped. Runs with the same seed and k evaluate on identical episodes,
-so every comparison between algorithms is paired.
+Every run of the grid goes through the same ``execute`` as ``run`` (see :mod:`benchmark.executors`); finished
+runs are skipped, so an interrupted sweep continues where it stopped. Runs with the same seed and k evaluate on
+identical episodes, so every comparison between algorithms is paired.
 """
 
 from __future__ import annotations
@@ -10,19 +10,19 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from multiprocessing import get_context
+from contextlib import closing
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from benchmark.errors import UserError
 from benchmark.commands.options import add_config_options, config_from_args
 from benchmark.commands.run import prepare_default_data, progress_view
-from benchmark.config import RunConfig
+from benchmark.config import RunConfig, resolve
+from benchmark.executors import EXECUTORS, FINISHED, RETRIED, STARTED, Event, Executor
 from tasks.catalogue import LINES, cell_line
 
 
@@ -44,11 +44,44 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--holdouts", type=_csv(str), help="held-out lines (default: all 8)")
     parser.add_argument("--k", dest="ks", type=_csv(int), default=[1, 3], help="shots (default: 1,3)")
     parser.add_argument("--seeds", type=_csv(int), default=[0], help="seeds (default: 0)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel, each in its own process (default: 1)")
-    parser.add_argument("--out", type=Path, default=Path("results"), help="results folder (default: results)")
+    parser.add_argument("--out", type=Path, default=Path("results"), help="results folder (default: results); with "
+                        "--executor ray a folder every node can write (a shared filesystem)")
     parser.add_argument("--force", action="store_true", help="rerun finished runs too")
+    parser.add_argument("--executor", choices=EXECUTORS, default="local",
+                        help="where runs compute: local processes (default) or a Ray cluster (needs pip install -e '.[ray]')")
+    parser.add_argument("--jobs", type=int, help="local: runs in parallel, each in its own process (default: 1)")
+    ray = parser.add_argument_group("--executor ray")
+    ray.add_argument("--address", help="the cluster to join: auto (the one started on this machine by `ray start`) or "
+                     "HOST:PORT; default: start a local Ray instance for this sweep")
+    ray.add_argument("--cpus-per-run", type=int,
+                     help="CPUs Ray reserves per run, and the run's torch threads: sets --threads (default: --threads)")
+    ray.add_argument("--gpus-per-run", type=float,
+                     help="GPUs Ray reserves per run, fractions allowed (default: 0); --device auto becomes cuda when > 0")
+    ray.add_argument("--retries", type=int, help="times a run whose worker or node died is resubmitted; "
+                     "it resumes from its last checkpoint; runs failing on their own are never retried (default: 2)")
     add_config_options(parser, skip=("algo", "holdout", "k", "seed", "algo_options"))
     parser.set_defaults(func=main)
+
+
+RAY_FLAGS = {"address": None, "cpus_per_run": None, "gpus_per_run": 0.0, "retries": 2}
+
+
+def make_executor(args: argparse.Namespace, configs: list[RunConfig]) -> Executor:
+    """The executor the flags ask for; a flag of the other executor is an error, not silently ignored."""
+    given = [name for name in RAY_FLAGS if getattr(args, name) is not None]
+    if args.executor == "local":
+        if given:
+            raise UserError(f"--{given[0].replace('_', '-')} is an option of --executor ray")
+        from benchmark.executors.local import LocalExecutor
+
+        return LocalExecutor(args.out, args.force, 1 if args.jobs is None else args.jobs)
+    if args.jobs is not None:
+        raise UserError("--jobs is an option of --executor local; on Ray, --cpus-per-run sets how many runs fit")
+    from benchmark.executors.ray_cluster import RayExecutor
+
+    flags = {name: RAY_FLAGS[name] if getattr(args, name) is None else getattr(args, name) for name in RAY_FLAGS}
+    flags["cpus_per_run"] = configs[0].threads if configs else 1  # set from --cpus-per-run by _ray_resources
+    return RayExecutor(args.out, args.force, **flags)
 
 
 def grid(args: argparse.Namespace) -> list[RunConfig]:
@@ -56,8 +89,8 @@ def grid(args: argparse.Namespace) -> list[RunConfig]:
 
     algos = args.algos or algorithms.available()
     holdouts = [cell_line(name).name for name in (args.holdouts or [line.name for line in LINES])]
-    if args.jobs < 1:
-        raise UserError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.executor == "ray":
+        _ray_resources(args)
     # held-out line outermost: a partial sweep already holds complete, paired comparisons for the first lines
     configs = [
         config_from_args(args, algo=algo, holdout=holdout, k=k, seed=seed)
@@ -66,20 +99,26 @@ def grid(args: argparse.Namespace) -> list[RunConfig]:
     return list({config.run_id: config for config in configs}.values())  # a line or seed named twice runs once
 
 
-def _worker_init(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def _execute_in_worker(config: RunConfig, out: Path, force: bool) -> dict:
-    from benchmark.execute import execute
-    from benchmark.store import Store
-
-    try:
-        return execute(config, Store(out), force=force)
-    except Exception as err:  # reported in the sweep's table; the store has marked the run failed
-        return {"run_id": config.run_id, "status": "failed", "error": f"{type(err).__name__}: {err}", "skipped": False}
+def _ray_resources(args: argparse.Namespace) -> None:
+    """On Ray a run's torch threads are the CPUs it reserves, and its device follows the GPUs it reserves (Ray
+    hides the others from the task), not the driver's."""
+    cpus = args.cpus_per_run
+    if cpus is not None:
+        if cpus < 1:
+            raise UserError(f"invalid value for --cpus-per-run: {cpus} (must be >= 1: it is the run's torch threads)")
+        if args.threads is not None and args.threads != cpus:
+            raise UserError(f"--threads {args.threads} and --cpus-per-run {cpus} differ: on Ray a run has one torch thread per CPU")
+        args.threads = cpus
+    gpus = args.gpus_per_run or 0
+    device = args.device or resolve(args.preset, args.config).device
+    if device == "auto":
+        args.device = device = "cuda" if gpus else "cpu"
+    if device.startswith("cuda") and not gpus:
+        raise UserError(f"--device {device} on Ray needs --gpus-per-run: a task that reserves no GPU sees none")
+    if device not in ("cuda", "cuda:0") and device.startswith("cuda"):
+        raise UserError(f"--device {device} on Ray: use cuda, each run sees only the GPUs Ray gives it")
+    if gpus and not device.startswith("cuda"):
+        raise UserError(f"--gpus-per-run {gpus:g} reserves GPUs that runs on --device {device} would not use")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -88,44 +127,27 @@ def main(args: argparse.Namespace) -> int:
     if args.print_config:
         console.print_json(json.dumps([{**config.to_dict(), "run_id": config.run_id} for config in configs]))
         return 0
+    executor = make_executor(args, configs)
     from benchmark.store import Store
 
     store = Store(args.out)
     store.check_writable()
     todo = [c for c in configs if args.force or not store.is_complete(c.run_id)]
-    console.print(f"sweep: {len(configs)} runs, {len(configs) - len(todo)} already finished, {len(todo)} to run, {args.jobs} at a time")
-    if todo:
-        from benchmark.estimate import estimate_sweep, format_duration
-
-        serial = estimate_sweep(todo, store)
-        console.print(
-            f"estimated time: {format_duration(serial)} one run after another, about "
-            f"{format_duration(serial / min(args.jobs, len(todo)))} with --jobs {args.jobs} on free cores "
-            f"(priced from finished runs with the same settings in {args.out}, else a quick calibration)"
-        )
+    console.print(f"sweep: {len(configs)} runs, {len(configs) - len(todo)} already finished, {len(todo)} to run")
     started = time.perf_counter()
     results: list[dict] = []
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    with progress_view(console) as progress, ProcessPoolExecutor(
-        args.jobs, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads,),
-        max_tasks_per_child=1,  # a fresh process per run: its peak memory is its own
-    ) as pool:
-        if any(c.data_root is None for c in todo):
-            prepare_default_data(progress)  # once, before the workers all need it
-        overall = progress.add_task("sweep", total=len(todo))
-        pending: dict[Future, RunConfig] = {pool.submit(_execute_in_worker, c, args.out, args.force): c for c in todo}
-        try:
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    config = pending.pop(future)
-                    summary = future.result()
-                    results.append(summary)
-                    progress.advance(overall)
-                    progress.console.print(_line(config, summary))
-        except KeyboardInterrupt:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    if todo:
+        with progress_view(console) as progress, executor:
+            console.print(f"executor: {args.executor}, {executor.describe()}")
+            if any(c.data_root is None for c in todo):
+                prepare_default_data(progress)  # once, before the estimate and the workers need it
+            _print_estimate(console, todo, store, executor.slots)
+            view = SweepView(progress, len(todo))
+            with closing(executor.events(todo)) as events:
+                for event in events:
+                    view.update(event)
+                    if event.kind == FINISHED:
+                        results.append(event.summary)
     failed = [s for s in results if s.get("status") != "completed"]
     console.print(f"sweep finished in {time.perf_counter() - started:.0f} s: {len(results) - len(failed)} runs completed, {len(failed)} failed")
     if failed:
@@ -136,8 +158,52 @@ def main(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _print_estimate(console: Console, todo: list[RunConfig], store, slots: int) -> None:
+    import torch
+
+    from benchmark.estimate import estimate_sweep, format_duration
+
+    if any(c.device.startswith("cuda") for c in todo) and not torch.cuda.is_available():
+        console.print("estimated time: none (the runs need a GPU and this machine has none to calibrate on)")
+        return
+    serial = estimate_sweep(todo, store)
+    console.print(
+        f"estimated time: {format_duration(serial)} one run after another, about "
+        f"{format_duration(serial / min(slots, len(todo)))} with {min(slots, len(todo))} at a time on free cores "
+        f"(priced from finished runs with the same settings in {store.root}, else a quick calibration)"
+    )
+
+
+class SweepView:
+    """One progress bar over the sweep's runs, the same for every executor: finished (done or failed) out of all,
+    how many compute now, elapsed time and the remaining time at the pace so far; a line per finished run."""
+
+    def __init__(self, progress: Progress, total: int):
+        self.progress, self.running, self.failed = progress, set(), 0
+        self.task = progress.add_task(self._description(), total=total)
+
+    def _description(self) -> str:
+        return f"runs: {len(self.running)} running, {self.failed} failed"
+
+    def update(self, event: Event) -> None:
+        run_id = event.config.run_id
+        if event.kind == STARTED:
+            self.running.add(run_id)
+        elif event.kind == RETRIED:
+            self.running.discard(run_id)
+            self.progress.console.print(f"[yellow]retry[/] {run_id}: {event.detail}")
+        elif event.kind == FINISHED:
+            self.running.discard(run_id)
+            self.failed += event.summary.get("status") != "completed"
+            self.progress.advance(self.task)
+            self.progress.console.print(_line(event.config, event.summary))
+        self.progress.update(self.task, description=self._description())
+
+
 def _line(config: RunConfig, summary: dict) -> str:
     if summary.get("status") != "completed":
         return f"[red]failed[/] {config.run_id}: {summary.get('error')}"
     low, high = summary["heldout_ci"]
-    return f"[green]done[/] {config.run_id}: held-out IoU {summary['heldout_iou']:.3f} [{low:.3f}, {high:.3f}] in {summary['wall_s']:.0f} s"
+    resumed = f", resumed from meta-step {summary['resumed_from']}" if summary.get("resumed_from") else ""
+    return (f"[green]done[/] {config.run_id}: held-out IoU {summary['heldout_iou']:.3f} [{low:.3f}, {high:.3f}] "
+            f"in {summary['wall_s']:.0f} s{resumed}")
