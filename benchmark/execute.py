@@ -8,39 +8,44 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
+
 from rich.progress import Progress
 
 from benchmark.config import RunConfig
 from benchmark.errors import RunFailed
 from benchmark.runner import HELD_OUT, SEED_PROTOCOL, SEEN, TUNED_PROTOCOL, RunResult, prepare, run
 from benchmark.stats import mean_ci
-from benchmark.store import Store
+from benchmark.store import Store, per_image
 from tasks.errors import DataError
 
 
 def headline(result: RunResult) -> dict[str, Any]:
     """The numbers a person looks at first, under the seed protocol (the algorithm's own adaptation): held-out
-    IoU after adaptation (95% CI), before it, on seen lines; and under ``tuned``, the same at the adaptation rate
-    selected on validation data, with the selection."""
-    episodes = result.episodes
-    summary = _held_out(episodes[episodes.protocol == SEED_PROTOCOL])
+    IoU after adaptation with its 95% interval over test images, before adaptation, on seen lines; and under
+    ``tuned``, the same at the adaptation rate selected on validation data, with the selection."""
+    observations = result.observations
+    summary = _held_out(observations[observations.protocol == SEED_PROTOCOL])
     if result.rate_selection is not None:
-        tuned = _held_out(episodes[episodes.protocol == TUNED_PROTOCOL])
+        tuned = _held_out(observations[observations.protocol == TUNED_PROTOCOL])
         summary["tuned"] = {"adaptation_rate": result.rate_selection.to_dict(), **tuned}
     return summary
 
 
-def _held_out(episodes) -> dict[str, Any]:
-    final = episodes[episodes.step == episodes.step.max()]
-    held_out = mean_ci(final[final.role == HELD_OUT].iou)
-    step0 = episodes[(episodes.step == 0) & (episodes.role == HELD_OUT)].iou
-    seen = final[final.role == SEEN].iou
+def _held_out(observations) -> dict[str, Any]:
+    images = per_image(observations)
+    final = images[images.step == images.step.max()]
+    held = final[final.role == HELD_OUT]
+    interval = mean_ci(held.iou, units=held.image_id, weights=held.crops)
+    step0 = images[(images.step == 0) & (images.role == HELD_OUT)]
+    seen = final[final.role == SEEN]
     return {
-        "heldout_iou": held_out.mean,
-        "heldout_ci": [held_out.low, held_out.high],
-        "heldout_step0_iou": float(step0.mean()),
-        "seen_iou": float(seen.mean()) if len(seen) else None,
-        "episodes": int(final[final.role == HELD_OUT].episode.nunique()),
+        "heldout_iou": interval.mean,
+        "heldout_ci": [interval.low, interval.high],
+        "heldout_step0_iou": float(np.average(step0.iou, weights=step0.crops)),
+        "seen_iou": float(np.average(seen.iou, weights=seen.crops)) if len(seen) else None,
+        "images": int(held.image_id.nunique()),
+        "episodes": int(observations[observations.role == HELD_OUT].episode.nunique()),
     }
 
 

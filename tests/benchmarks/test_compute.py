@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 import algorithms
-from benchmark.bench import baseline_pass
+from benchmark.bench.workload import baseline_pass
 from benchmark.runner import build, meta_batch
 
 
