@@ -320,6 +320,7 @@ def test_learned_per_parameter_rates_come_from_the_meta_state(small_unet):
         ({"steps": -1, "rate": 0.1}, "steps"),
         ({"steps": 2, "rate": float("nan")}, "rate"),
         ({"steps": 2, "rate": (0.1,)}, "2 rates"),
+        ({"steps": 1, "rate": (lambda extra, step: 0.1,)}, "rate"),
         ({"steps": 2, "rate": 0.1, "parameters": "head"}, "tuple"),
     ],
 )
