@@ -49,14 +49,13 @@ class Adaptation:
     def __post_init__(self):
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
             raise ValueError(f"adaptation steps must be an integer >= 0, got {self.steps!r}")
-        rates = self.rate if isinstance(self.rate, tuple) else (self.rate,)
-        if isinstance(self.rate, tuple) and len(self.rate) != self.steps:
-            raise ValueError(f"a rate per step needs {self.steps} rates, got {len(self.rate)}")
-        for rate in rates:
-            if callable(rate):
-                continue
-            if isinstance(rate, bool) or not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate >= 0):
-                raise ValueError(f"an adaptation rate must be a finite number >= 0 or rate(extra, step), got {rate!r}")
+        if not callable(self.rate):
+            rates = self.rate if isinstance(self.rate, tuple) else (self.rate,)
+            if isinstance(self.rate, tuple) and len(self.rate) != self.steps:
+                raise ValueError(f"a rate per step needs {self.steps} rates, got {len(self.rate)}")
+            for rate in rates:
+                if isinstance(rate, bool) or not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate >= 0):
+                    raise ValueError(f"an adaptation rate must be a finite number >= 0 or rate(extra, step), got {rate!r}")
         if self.parameters is not None and (isinstance(self.parameters, str) or not self.parameters):
             raise ValueError(f"adapted parameters must be a non-empty tuple of names or None, got {self.parameters!r}")
 

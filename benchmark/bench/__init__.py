@@ -23,7 +23,14 @@ from benchmark.bench.flops import counting_flops
 from benchmark.bench.measurement import ROW_FIELDS, costs, measure
 from benchmark.bench.memory import MEMORY_METHODS, meta_step_memory
 from benchmark.bench.timing import interleave, medians, round_ratios, synchronize
-from benchmark.bench.workload import VARIANT_FIELDS, adapt_and_score, apply_variant, evaluation_batch, one_by_one
+from benchmark.bench.workload import (
+    VARIANT_FIELDS,
+    adapt_and_score,
+    apply_variant,
+    baseline_pass,
+    evaluation_batch,
+    one_by_one,
+)
 
 __all__ = [
     "MEMORY_METHODS",
@@ -32,6 +39,7 @@ __all__ = [
     "FunctionalNet",
     "adapt_and_score",
     "apply_variant",
+    "baseline_pass",
     "costs",
     "counting_flops",
     "evaluation_batch",
