@@ -4,7 +4,6 @@ sample (two annotated MCF7 images adapt the run, an unannotated one is segmented
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -105,16 +104,16 @@ def test_support_crops_are_the_runs_crop_size_and_mostly_cell(smoke_run, synthet
 def test_steps_and_rate_override_the_runs_adaptation(smoke_run, support, tmp_path):
     results, run_id = smoke_run
     algo, _ = run_weights(results / "runs" / run_id)
-    assert with_adaptation(algo, None, None) is algo
+    assert with_adaptation(algo, None, None) == algo.adaptation
     changed = with_adaptation(algo, 5, 0.05)
-    assert (changed.inner_steps, changed.inner_lr, changed.name) == (5, 0.05, algo.name)
+    assert (changed.steps, changed.rate, changed.parameters) == (5, 0.05, algo.adaptation.parameters)
     pairs, image, _ = support
     Image.fromarray(image).save(tmp_path / "x.png")
     masks = {}
-    for steps in ("1", "3"):
+    for steps in ("0", "2"):
         assert predict(smoke_run, "--support", *pairs, "--images", str(tmp_path / "x.png"), "--out", str(tmp_path / steps), "--steps", steps) == 0
         masks[steps] = np.asarray(Image.open(tmp_path / steps / "x.mask.png"))
-    assert not np.array_equal(masks["1"], masks["3"])  # adapting changes the prediction
+    assert not np.array_equal(masks["0"], masks["2"])  # adapting changes the prediction
 
 
 def test_bad_inputs_are_one_line_errors_naming_the_file(smoke_run, support, tmp_path, capsys):
@@ -147,17 +146,8 @@ def test_bad_inputs_are_one_line_errors_naming_the_file(smoke_run, support, tmp_
     assert "the run kept no weights (checkpoint.pt missing)" in capsys.readouterr().err
 
 
-def real_sample() -> Path | None:
-    """The shared real LIVECell sample: $LIVECELL_SAMPLE, else ../shared/livecell-sample beside the checkout."""
-    for root in (os.environ.get("LIVECELL_SAMPLE"), Path(__file__).resolve().parents[2] / "shared" / "livecell-sample"):
-        if root and Path(root, "annotations").is_dir():
-            return Path(root)
-    return None
-
-
-@pytest.mark.skipif(real_sample() is None, reason="real LIVECell sample absent (set LIVECELL_SAMPLE or put it at ../shared/livecell-sample)")
-def test_predict_on_real_mcf7_from_two_annotated_images(smoke_run, tmp_path):
-    root = real_sample()
+def test_predict_on_real_mcf7_from_two_annotated_images(smoke_run, sample_root, tmp_path):
+    root = sample_root
     data = LiveCell(root)
     infos = data.images("MCF7", "val")[:2]
     pairs = []

@@ -17,6 +17,7 @@ Images of any size are segmented whole (the model pads to its multiple and crops
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import zlib
 from pathlib import Path
@@ -97,9 +98,9 @@ def support_tiles(support: list[tuple[Path, np.ndarray, np.ndarray]], crop: int 
     return to(images), to(masks)
 
 
-def adapted_weights(algo, state, support_x, support_y):
-    """The weights after the algorithm's whole test-time adaptation on one episode's support set."""
-    for _, params in algo.adapt(state, support_x, support_y):
+def adapted_weights(algo, state, support_x, support_y, adaptation):
+    """The weights after the whole ``adaptation`` on one episode's support set."""
+    for _, params in algo.adapt(state, support_x, support_y, adaptation):
         pass
     return params
 
@@ -113,15 +114,16 @@ def probability(algo, params, image: np.ndarray, device) -> np.ndarray:
 
 
 def with_adaptation(algo, steps: int | None, lr: float | None):
-    """``algo``, or the same algorithm and model with other adaptation steps or rate."""
-    if steps is None and lr is None:
-        return algo
-    from algorithms import create
-
+    """The algorithm's own test-time adaptation (what the run evaluated with), with other steps or rate."""
     if steps is not None and steps < 0 or lr is not None and not lr > 0:
         raise UserError(f"--steps must be >= 0 and --lr > 0 (got {steps}, {lr})")
-    hparams = algo.hparams() | {k: v for k, v in (("inner_steps", steps), ("inner_lr", lr)) if v is not None}
-    return create(algo.name, algo.model, **hparams)
+    adaptation = algo.adaptation
+    if steps is not None:
+        rate = adaptation.rate
+        if isinstance(rate, tuple):  # a rate per step cannot be stretched to another step count
+            raise UserError(f"{algo.name} adapts with one rate per step ({len(rate)} steps); --steps cannot change that")
+        adaptation = dataclasses.replace(adaptation, steps=steps)
+    return adaptation if lr is None else adaptation.with_rate(lr)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -140,7 +142,7 @@ def main(args: argparse.Namespace) -> int:
     folder = run_folder(args.run, args.results)
     config = run_config(folder)
     algo, state = run_weights(folder)
-    algo = with_adaptation(algo, args.steps, args.lr)
+    adaptation = with_adaptation(algo, args.steps, args.lr)
     try:
         device = torch.device(args.device)
     except RuntimeError:
@@ -162,9 +164,9 @@ def main(args: argparse.Namespace) -> int:
     coco = {"images": [], "annotations": [], "categories": [CATEGORY]}
     rule = instance_options(args)
     with progress_view(console) as progress:
-        task = progress.add_task(f"adapt ({algo.inner_steps} steps, k={len(support)})", total=None)
+        task = progress.add_task(f"adapt ({adaptation.steps} steps, k={len(support)})", total=None)
         try:
-            params = adapted_weights(algo, move_state(state, device), support_x.to(device), support_y.to(device))
+            params = adapted_weights(algo, move_state(state, device), support_x.to(device), support_y.to(device), adaptation)
         except FloatingPointError as err:
             raise UserError(f"adaptation diverged ({err}); try a smaller --lr") from None
         progress.update(task, total=1, completed=1)
