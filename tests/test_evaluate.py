@@ -91,3 +91,20 @@ def test_the_real_sample_gives_records_for_mcf7_and_bt474_reproducibly(smoke_run
     assert "Huh7: left out, one val image" in capsys.readouterr().out
     assert evaluate(smoke_run, "--data-root", str(sample_root), "--holdout", "Huh7") == 2
     assert "Huh7 has 1 val image; an episode needs at least two" in capsys.readouterr().err
+
+
+def test_report_lists_evaluations_on_other_datasets(smoke_run, two_per_line, tmp_path):  # noqa: F811
+    from benchmark.report import build_report
+
+    results, _ = smoke_run
+    assert evaluate(smoke_run, "--data-root", str(two_per_line), "--episodes", "2", "--tag", "for-report") == 0
+    _, summary, _ = records(smoke_run, "for-report")
+    written = build_report(results, tmp_path, n_resamples=200)
+    table = pd.read_csv(tmp_path / "tables" / "evaluations.csv")
+    ours = table[table.evaluated_on == "for-report"].set_index("line")
+    for line in summary["lines"]:
+        assert ours.loc[line["line"], "iou"] == pytest.approx(line["iou"], rel=1e-5)
+        assert ours.loc[line["line"], "role"] == line["role"]
+    index = (tmp_path / "report.md").read_text()
+    assert "## Evaluations on other datasets" in index and "tables/evaluations.md" in index
+    assert tmp_path / "tables" / "evaluations.md" in written
