@@ -53,7 +53,14 @@ def run_weights(folder: Path) -> tuple[Algorithm, MetaState]:
     """The algorithm (with its model) and the meta-trained state the run saved."""
     path = folder / CHECKPOINT
     if not path.is_file():
-        raise UserError(f"{folder}: the run kept no weights ({CHECKPOINT} missing); rerun it with `run --force` to get them")
+        how = ""
+        try:
+            c = run_config(folder)
+            data = f" --data-root {c.data_root}" if c.data_root else ""
+            how = f" (its settings are in config.json): `python -m benchmark run --preset {c.preset} --algo {c.algo} --holdout {c.holdout} --k {c.k} --seed {c.seed}{data} --force`"
+        except UserError:
+            pass
+        raise UserError(f"{folder}: the run kept no weights ({CHECKPOINT} missing; git does not keep them); rerun it to get them{how}")
     try:
         return load_checkpoint(path)
     except (ValueError, KeyError, TypeError) as err:

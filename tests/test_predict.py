@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from pycocotools.coco import COCO
@@ -143,7 +144,8 @@ def test_bad_inputs_are_one_line_errors_naming_the_file(smoke_run, support, tmp_
     shutil.copytree(results / "runs" / run_id, bare)
     (bare / "checkpoint.pt").unlink()
     assert main(["predict", str(bare), "--support", *pairs, *target]) == 2
-    assert "the run kept no weights (checkpoint.pt missing)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "the run kept no weights (checkpoint.pt missing" in err and "run --preset smoke --algo reptile --holdout MCF7 --k 3 --seed 0 --data-root" in err
 
 
 def test_predict_on_real_mcf7_from_two_annotated_images(smoke_run, sample_root, tmp_path):
@@ -160,3 +162,19 @@ def test_predict_on_real_mcf7_from_two_annotated_images(smoke_run, sample_root, 
     assert (tmp_path / "out" / f"{target.stem}.mask.png").is_file() and (tmp_path / "out" / f"{target.stem}.overlay.png").is_file()
     coco = json.loads((tmp_path / "out" / "instances.json").read_text())
     assert [i["file_name"] for i in coco["images"]] == [str(target)] and coco["images"][0]["width"] == 704
+
+
+def test_truth_coco_scores_the_images_it_annotates(smoke_run, support, synthetic_root, tmp_path):
+    pairs, _, _ = support
+    data = LiveCell(synthetic_root)
+    info = data.images("MCF7", "test")[3]
+    shutil.copy(info.path, tmp_path / info.file_name)
+    truth = data.annotation_file("MCF7", "test")
+    out = tmp_path / "out"
+    assert predict(smoke_run, "--support", *pairs, "--images", str(tmp_path / info.file_name), "--out", str(out), "--truth-coco", str(truth)) == 0
+    scores = pd.read_csv(out / "scores.csv")
+    mask = np.asarray(Image.open(out / f"{Path(info.file_name).stem}.mask.png")) > 0
+    true = data.mask(info)
+    assert scores.iou[0] == pytest.approx(np.count_nonzero(mask & true) / np.count_nonzero(mask | true), rel=1e-5)  # CSV keeps 6 digits
+    assert scores.cells[0] == data.instances(info).max()
+    assert 0 <= scores.ap[0] <= scores.ap50[0] <= 1 and 0 < scores.ap50_truth_mask[0] <= 1

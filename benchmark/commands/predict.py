@@ -10,7 +10,9 @@ crops keeps memory and time at what the run used, whatever the size of the user'
 
 What it writes, per image: ``<name>.mask.png`` (0 background, 255 cell), ``<name>.overlay.png`` (the image with
 every instance's outline), and for all images ``instances.json``: COCO with one RLE annotation per instance
-(``benchmark.instances``: the instance rule and its parameters), each scored by its mean cell probability.
+(``benchmark.instances``: the instance rule and its parameters), each scored by its mean cell probability. With
+``--truth-coco``, images it annotates (matched by file name) are scored into ``scores.csv``: IoU, COCO AP@0.5 and
+AP@[.5:.95], and the AP the same instance rule reaches from the true mask (the instance step's ceiling).
 Images of any size are segmented whole (the model pads to its multiple and crops back).
 """
 
@@ -27,7 +29,7 @@ import numpy as np
 from benchmark.errors import UserError
 from benchmark.instances import CATEGORY, INSTANCE_DEFAULTS
 
-MASK_SUFFIX, OVERLAY_SUFFIX, COCO_FILE = ".mask.png", ".overlay.png", "instances.json"
+MASK_SUFFIX, OVERLAY_SUFFIX, COCO_FILE, SCORES_FILE = ".mask.png", ".overlay.png", "instances.json", "scores.csv"
 
 
 def add_instance_options(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +65,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--support-images", type=Path, metavar="DIR", help="where the images of --support-coco are (default: the file's folder)")
     parser.add_argument("--images", type=Path, nargs="+", required=True, metavar="DIR_OR_FILE", help="images to segment (folders: every TIFF/PNG/JPEG in them)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--truth-coco", type=Path, metavar="FILE.json",
+                        help="annotations of (some of) the images, matched by file name: scores them (IoU, instance AP) into scores.csv")
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder holding RUN (default: results)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: cpu)")
     parser.add_argument("--steps", type=int, help="adaptation steps (default: the run's)")
@@ -126,6 +130,44 @@ def with_adaptation(algo, steps: int | None, lr: float | None):
     return adaptation if lr is None else adaptation.with_rate(lr)
 
 
+def truth_labels(path: Path) -> dict:
+    """file name -> a function giving the annotated instance labels of that image (rasterised as the reader does)."""
+    from tasks.coco import load_coco
+    from tasks.mask_cache import instance_map
+
+    index = load_coco(path)
+    return {
+        Path(str(name)).name: (lambda row=row: instance_map(index.annotations(row), int(index.heights[row]), int(index.widths[row]))[0])
+        for row, name in enumerate(index.file_names)
+    }
+
+
+def score_image(path: Path, labels, scores, mask, truth, rule: dict) -> dict:
+    """IoU of the mask and instance AP of one image against its annotation, beside the AP of the true mask."""
+    from benchmark.instances import instance_ap, instance_scores, instances
+
+    true = truth()
+    if true.shape != mask.shape:
+        raise UserError(f"{path}: image is {mask.shape[1]}x{mask.shape[0]} but its annotation is {true.shape[1]}x{true.shape[0]}")
+    union = np.count_nonzero(mask | (true > 0))
+    ceiling = instances(true > 0, **rule)
+    return {
+        "file": str(path), "cells": int(true.max()), "predicted": int(labels.max()),
+        "iou": np.count_nonzero(mask & (true > 0)) / union if union else 1.0,
+        **instance_ap([(labels, scores)], [true]),
+        "ap50_truth_mask": instance_ap([(ceiling, instance_scores(ceiling, None))], [true])["ap50"],
+    }
+
+
+def write_scores(path: Path, rows: list[dict], console) -> None:
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(path, index=False, float_format="%.6g")
+    for row in rows:
+        console.print(f"{Path(row['file']).name}: IoU {row['iou']:.3f}, AP@0.5 {row['ap50']:.3f}, AP@[.5:.95] {row['ap']:.3f} "
+                      f"({row['predicted']} cells found, {row['cells']} annotated; AP@0.5 of the true mask {row['ap50_truth_mask']:.3f})", highlight=False)
+
+
 def main(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
@@ -159,6 +201,8 @@ def main(args: argparse.Namespace) -> int:
     support = support_from_coco(args.support_coco, args.support_images) if args.support_coco else support_from_pairs(args.support)
     support_x, support_y = support_tiles(support, config.crop, args.tiles, config.seed if args.seed is None else args.seed)
 
+    truth = truth_labels(args.truth_coco) if args.truth_coco else {}
+    scored: list[dict] = []
     console = Console(stderr=True)
     args.out.mkdir(parents=True, exist_ok=True)
     coco = {"images": [], "annotations": [], "categories": [CATEGORY]}
@@ -178,9 +222,15 @@ def main(args: argparse.Namespace) -> int:
             mask_png = (prob > 0.5).astype(np.uint8) * 255
             for suffix, picture in ((MASK_SUFFIX, mask_png), (OVERLAY_SUFFIX, overlay(image, labels))):
                 Image.fromarray(picture).save(args.out / (path.stem + suffix))
+            if path.name in truth:
+                scored.append(score_image(path, labels, instance_scores(labels, prob), prob > 0.5, truth[path.name], rule))
             coco["images"].append({"id": n, "file_name": str(path), "height": image.shape[0], "width": image.shape[1]})
             coco["annotations"] += annotations(labels, n, first_id=len(coco["annotations"]) + 1, scores=instance_scores(labels, prob))
             progress.update(task, advance=1, description=f"segment {path.name[:20]}")
     (args.out / COCO_FILE).write_text(json.dumps(coco))
+    if args.truth_coco:
+        if not scored:
+            raise UserError(f"{args.truth_coco}: annotates none of the segmented images (matched by file name); masks and overlays were written")
+        write_scores(args.out / SCORES_FILE, scored, console)
     console.print(f"{len(files)} image(s), {len(coco['annotations'])} cells: masks, overlays and {COCO_FILE} in {args.out}", highlight=False)
     return 0
