@@ -7,6 +7,7 @@ from): it reads data, computes, and returns records. It writes no files; the sto
 
 from __future__ import annotations
 
+import functools
 import math
 import resource
 import time
@@ -286,19 +287,23 @@ def prepare(config: RunConfig) -> tuple[torch.device, LiveCell, Algorithm]:
     return device, data, build(config)
 
 
-def evaluate_protocols(config, data, algo, state, device, progress, selection: RateSelection | None):
+def evaluate_protocols(config, data, algo, state, device, progress, selection: RateSelection | None, on_final=None, **where):
     """:func:`evaluate` under the seed protocol (the algorithm's own adaptation: n steps at the inner rate, as
     published) and, where a rate was selected on validation data, the tuned protocol (the same steps at that
     rate); rows are marked by ``protocol``. Where the selected rate is the algorithm's own, or the algorithm
-    learns its rates, the tuned rows are the seed rows."""
-    observations, manifests, examples = evaluate(config, data, algo, state, device, progress)
+    learns its rates, the tuned rows are the seed rows. ``where`` (plan, split) and ``on_final(protocol, ...)``
+    pass on to :func:`evaluate` (``python -m benchmark evaluate``)."""
+    final = {name: on_final and functools.partial(on_final, name) for name in (SEED_PROTOCOL, TUNED_PROTOCOL)}
+    observations, manifests, examples = evaluate(config, data, algo, state, device, progress, on_final=final[SEED_PROTOCOL], **where)
     observations.insert(observations.columns.get_loc("line"), "protocol", SEED_PROTOCOL)
     if selection is None:
         return observations, manifests, examples
     if selection.rate is None or selection.rate == algo.adaptation.rate:
         tuned = observations.copy()
     else:
-        tuned, _, _ = evaluate(config, data, algo, state, device, progress, algo.adaptation.with_rate(selection.rate))
+        tuned, _, _ = evaluate(
+            config, data, algo, state, device, progress, algo.adaptation.with_rate(selection.rate), on_final=final[TUNED_PROTOCOL], **where
+        )
         tuned.insert(observations.columns.get_loc("protocol"), "protocol", SEED_PROTOCOL)
     tuned["protocol"] = TUNED_PROTOCOL
     return pd.concat([observations, tuned], ignore_index=True), manifests, examples

@@ -65,3 +65,15 @@ def run_weights(folder: Path) -> tuple[Algorithm, MetaState]:
         return load_checkpoint(path)
     except (ValueError, KeyError, TypeError) as err:
         raise UserError(str(err)) from None
+
+
+def run_selection(folder: Path):
+    """The adaptation rate the run selected on validation data (``RateSelection``), or None where it selected none."""
+    from benchmark.validation import RateSelection
+
+    summary = json.loads((folder / "summary.json").read_text())
+    chosen = (summary.get("tuned") or {}).get("adaptation_rate")
+    if not chosen:
+        return None
+    scores = {float(rate): float(score) for rate, score in chosen.get("scores", {}).items()}
+    return RateSelection(chosen.get("rate"), scores, int(chosen.get("episodes", 0)), float(chosen.get("seconds", 0.0)))

@@ -38,7 +38,8 @@ def test_on_its_own_data_evaluate_reproduces_the_runs_records(smoke_run, synthet
     theirs = theirs[theirs.role == "held-out"].reset_index(drop=True)
     assert set(ours.split) == {"test"} and set(ours.evaluated_on) == {"own"}
     assert ours[theirs.columns].equals(theirs)  # same episodes, same adaptation, same numbers
-    assert summary["lines"][0]["line"] == "MCF7" and summary["lines"][0]["episodes"] == 4
+    assert {(row["line"], row["protocol"]) for row in summary["lines"]} == {("MCF7", p) for p in set(theirs.protocol)}
+    assert summary["lines"][0]["episodes"] == 4
 
 
 def test_small_sets_give_records_per_line_reproducibly(smoke_run, two_per_line):  # noqa: F811
@@ -49,20 +50,22 @@ def test_small_sets_give_records_per_line_reproducibly(smoke_run, two_per_line):
     assert set(first.line) == {"MCF7", "BT-474"}
     assert dict(zip(first.line, first.role)) == {"MCF7": "held-out", "BT-474": "seen"}
     assert first.groupby("line").episode.nunique().tolist() == [3, 3] and sorted(first.step.unique()) == [0, 1, 2]
+    assert set(first.protocol) == {"seed", "tuned"}  # the smoke run selected an adaptation rate on validation data
     assert first.drop(columns="evaluated_on").equals(second.drop(columns="evaluated_on"))
     manifests = json.loads(__import__("gzip").decompress((folder / "manifests.json.gz").read_bytes()))
     for manifest in manifests:  # k = 3 support and 2 query crops from two images: never one image for both
         assert not {i for i, _ in manifest["support"]} & {i for i, _ in manifest["query"]}
-    assert [row["split"] for row in summary["lines"]] == ["test", "test"]
+    assert len(summary["lines"]) == 4 and {row["split"] for row in summary["lines"]} == {"test"}  # 2 lines x 2 protocols
 
 
 def test_whole_images_add_instance_ap_beside_its_reference(smoke_run, two_per_line):  # noqa: F811
     assert evaluate(smoke_run, "--data-root", str(two_per_line), "--episodes", "2", "--k", "1", "--whole-images") == 0
     episodes, summary, folder = records(smoke_run, "livecell-k1-whole")
     ap = pd.read_csv(folder / "instances.csv")
-    assert len(ap) == 4 and ap[["ap50", "ap", "ap50_truth_mask", "ap_truth_mask"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert len(ap) == 8 and set(ap.protocol) == {"seed", "tuned"} and ap[["ap50", "ap", "ap50_truth_mask", "ap_truth_mask"]].apply(lambda c: c.between(0, 1)).all().all()
     assert (ap.ap <= ap.ap50).all()
-    assert summary["crop"] is None and summary["k"] == 1 and summary["instances"]["min_distance"] == 4
+    assert summary["crop"] is None and summary["k"] == 1
+    assert summary["instances"] == {"split": True, "min_distance": 4, "sigma": 1.0, "min_radius": 1.0, "min_size": 10}
     assert {"ap50", "ap", "ap50_truth_mask"} <= set(summary["lines"][0])
 
 
@@ -101,10 +104,10 @@ def test_report_lists_evaluations_on_other_datasets(smoke_run, two_per_line, tmp
     _, summary, _ = records(smoke_run, "for-report")
     written = build_report(results, tmp_path, n_resamples=200)
     table = pd.read_csv(tmp_path / "tables" / "evaluations.csv")
-    ours = table[table.evaluated_on == "for-report"].set_index("line")
+    ours = table[table.evaluated_on == "for-report"].set_index(["line", "protocol"])
     for line in summary["lines"]:
-        assert ours.loc[line["line"], "iou"] == pytest.approx(line["iou"], rel=1e-5)
-        assert ours.loc[line["line"], "role"] == line["role"]
+        assert ours.loc[(line["line"], line["protocol"]), "iou"] == pytest.approx(line["iou"], rel=1e-5)
+        assert ours.loc[(line["line"], line["protocol"]), "role"] == line["role"]
     index = (tmp_path / "report.md").read_text()
     assert "## Evaluations on other datasets" in index and "tables/evaluations.md" in index
     assert tmp_path / "tables" / "evaluations.md" in written

@@ -178,3 +178,14 @@ def test_truth_coco_scores_the_images_it_annotates(smoke_run, support, synthetic
     assert scores.iou[0] == pytest.approx(np.count_nonzero(mask & true) / np.count_nonzero(mask | true), rel=1e-5)  # CSV keeps 6 digits
     assert scores.cells[0] == data.instances(info).max()
     assert 0 <= scores.ap[0] <= scores.ap50[0] <= 1 and 0 < scores.ap50_truth_mask[0] <= 1
+
+
+def test_instance_options_reach_the_instance_rule():
+    from benchmark.cli import build_parser
+    from benchmark.commands.predict import instance_options
+    from benchmark.instances import INSTANCE_DEFAULTS
+
+    for command in (["predict", "r", "--support", "a:b", "--images", "x", "--out", "o"], ["evaluate", "r", "--data-root", "d", "--split", "val"]):
+        assert instance_options(build_parser().parse_args(command)) == INSTANCE_DEFAULTS
+        asked = build_parser().parse_args([*command, "--no-split", "--min-distance", "7", "--sigma", "0", "--min-radius", "2", "--min-size", "3"])
+        assert instance_options(asked) == {"split": False, "min_distance": 7, "sigma": 0.0, "min_radius": 2.0, "min_size": 3}

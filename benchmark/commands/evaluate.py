@@ -1,7 +1,8 @@
 """``python -m benchmark evaluate``: a finished run's meta-trained weights, scored on another dataset.
 
-The protocol is the run's own, through the runner's own evaluation (``runner.evaluate``): the algorithm's
-test-time adaptation, its episode rule (seeded as the run's evaluation, so two evaluations agree number for
+The protocol is the run's own, through the runner's own evaluation (``runner.evaluate_protocols``): the
+algorithm's test-time adaptation under the seed protocol and, where the run selected a rate on validation data, at
+that rate (rows marked by ``protocol``), its episode rule (seeded as the run's evaluation, so two evaluations agree number for
 number), its crops and query count; ``--k`` and ``--whole-images`` change only what they say. Every line of
 ROOT with annotated images is scored (``--holdout`` picks one), ``--episodes`` each (default: the run's
 held-out count); the run's held-out line keeps the role "held-out", the others are "seen" (seen in
@@ -72,12 +73,12 @@ def line_splits(data, lines, forced: str | None, own_data: bool) -> dict[str, st
 
 
 def instance_collector(data, split: str, rows: list, rule: dict):
-    """``on_final`` for ``runner.evaluate``: each episode's instance AP over its query images, appended to ``rows``."""
+    """``on_final`` for ``runner.evaluate_protocols``: each episode's instance AP over its query images, appended to ``rows``."""
     import torch
 
     from benchmark.instances import instance_ap, instance_scores, instances
 
-    def collect(line, indices, episodes, logits):
+    def collect(protocol, line, indices, episodes, logits):
         by_id = {info.id: info for info in data.images(line, split)}
         probabilities = torch.sigmoid(logits[:, :, 0]).cpu().numpy()
         for e, episode in enumerate(episodes):
@@ -89,7 +90,7 @@ def instance_collector(data, split: str, rows: list, rule: dict):
                 ceiling = instances(truth[-1] > 0, **rule)
                 from_truth.append((ceiling, instance_scores(ceiling, None)))
             reference = {f"{name}_truth_mask": value for name, value in instance_ap(from_truth, truth).items()}
-            rows.append({"line": line, "episode": indices[e], **instance_ap(predicted, truth), **reference})
+            rows.append({"protocol": protocol, "line": line, "episode": indices[e], **instance_ap(predicted, truth), **reference})
 
     return collect
 
@@ -106,10 +107,10 @@ def main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from benchmark.commands.run import progress_view
-    from benchmark.runner import HELD_OUT, SEEN, device_of, evaluate, move_state
+    from benchmark.runner import HELD_OUT, SEEN, TUNED_PROTOCOL, device_of, evaluate_protocols, move_state
     from benchmark.stats import mean_ci
     from benchmark.store import write_csv, write_json
-    from benchmark.trained import run_config, run_folder, run_weights
+    from benchmark.trained import run_config, run_folder, run_selection, run_weights
     from tasks.cache import atomic_write
     from tasks.catalogue import LINES, cell_line
     from tasks.livecell import LiveCell
@@ -117,6 +118,7 @@ def main(args: argparse.Namespace) -> int:
     folder = run_folder(args.run, args.results)
     run = run_config(folder)
     algo, state = run_weights(folder)
+    selection = run_selection(folder)
     for name in ("k", "episodes"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name} must be >= 1 (got {getattr(args, name)})")
@@ -157,11 +159,15 @@ def main(args: argparse.Namespace) -> int:
                 rows: list[dict] = []
                 collect = instance_collector(data, split, rows, rule) if args.whole_images else None
                 try:
-                    observations, found, _ = evaluate(config, data, algo, state, device, progress, plan=plan, split=split, on_final=collect)
+                    observations, found, _ = evaluate_protocols(
+                        config, data, algo, state, device, progress, selection, on_final=collect, plan=plan, split=split
+                    )
                 except FloatingPointError as err:
                     raise UserError(f"test-time adaptation diverged: {err}") from None
                 frames.append(observations.assign(evaluated_on=tag, split=split))
                 manifests += found
+                if collect and selection and not any(row["protocol"] == TUNED_PROTOCOL for row in rows):
+                    rows += [{**row, "protocol": TUNED_PROTOCOL} for row in rows]  # tuned rows are the seed rows there
                 instance_rows += [{**row, "split": split} for row in rows]
     finally:
         torch.set_num_threads(threads)
@@ -172,29 +178,32 @@ def main(args: argparse.Namespace) -> int:
     write_csv(out / "observations.csv.gz", observations)
     write_csv(out / "episodes.csv.gz", episodes)
     atomic_write(out / "manifests.json.gz", lambda f: f.write(gzip.compress(json.dumps(manifests).encode(), mtime=0)))
-    instances_frame = pd.DataFrame(instance_rows, columns=["line", "split", "episode", "ap50", "ap", "ap50_truth_mask", "ap_truth_mask"])
+    instances_frame = pd.DataFrame(instance_rows, columns=["protocol", "line", "split", "episode", "ap50", "ap", "ap50_truth_mask", "ap_truth_mask"])
     if args.whole_images:
         write_csv(out / "instances.csv", instances_frame)
 
     final = episodes[episodes.step == episodes.step.max()]
     summary_lines = []
-    for line in splits:
-        iou = mean_ci(final[final.line == line].iou)
-        row = {
-            "line": line, "role": HELD_OUT if line == run.holdout else SEEN, "split": splits[line],
-            "images": len(data.images(line, splits[line])), "episodes": int(final[final.line == line].episode.nunique()),
-            "iou": iou.mean, "iou_ci": [iou.low, iou.high],
-            "iou_step0": float(episodes[(episodes.step == 0) & (episodes.line == line)].iou.mean()),
-        }
-        if args.whole_images:
-            ours = instances_frame[instances_frame.line == line]
-            for name in ("ap50", "ap"):
-                interval = mean_ci(ours[name].dropna())
-                row |= {name: interval.mean, f"{name}_ci": [interval.low, interval.high], f"{name}_truth_mask": float(ours[f"{name}_truth_mask"].mean())}
-        summary_lines.append(row)
+    for protocol in final.protocol.unique():
+        for line in splits:
+            ours = (final.line == line) & (final.protocol == protocol)
+            iou = mean_ci(final[ours].iou)
+            row = {
+                "line": line, "protocol": protocol, "role": HELD_OUT if line == run.holdout else SEEN, "split": splits[line],
+                "images": len(data.images(line, splits[line])), "episodes": int(final[ours].episode.nunique()),
+                "iou": iou.mean, "iou_ci": [iou.low, iou.high],
+                "iou_step0": float(episodes[(episodes.step == 0) & (episodes.line == line) & (episodes.protocol == protocol)].iou.mean()),
+            }
+            if args.whole_images:
+                aps = instances_frame[(instances_frame.line == line) & (instances_frame.protocol == protocol)]
+                for name in ("ap50", "ap"):
+                    interval = mean_ci(aps[name].dropna())
+                    row |= {name: interval.mean, f"{name}_ci": [interval.low, interval.high], f"{name}_truth_mask": float(aps[f"{name}_truth_mask"].mean())}
+            summary_lines.append(row)
     write_json(out / "summary.json", {
         "run_id": folder.name, "algo": run.algo, "holdout": run.holdout, "run_k": run.k, "evaluated_on": tag,
         "data_root": config.data_root, "k": config.k, "crop": config.crop, "eval_queries": config.eval_queries,
+        "adaptation_rate": selection.rate if selection else None,
         "instances": rule if args.whole_images else None, "left_out": sorted(single), "lines": summary_lines,
     })
     console.print(result_table(run, tag, config, summary_lines, args.whole_images))
@@ -207,13 +216,13 @@ def result_table(run, tag, config, rows, whole):
 
     shape = "whole images" if whole else f"{config.crop}-px crops"
     table = Table(title=f"{run.algo} (held out {run.holdout}) on {tag}, k={config.k}, {shape}", caption="[95% CI] over episodes")
-    names = ["line (split, images)", "role", "episodes", "IoU step 0", f"IoU step {config.inner_steps}"]
+    names = ["line (split, images)", "role", "protocol", "episodes", "IoU step 0", f"IoU step {config.inner_steps}"]
     names += ["AP@0.5", "AP@[.5:.95]", "AP@0.5, true mask"] if whole else []
     for name in names:
-        table.add_column(name, justify="left" if name in names[:2] else "right")
+        table.add_column(name, justify="left" if name in names[:3] else "right")
     interval = lambda row, name: f"{row[name]:.3f} [{row[name + '_ci'][0]:.3f}, {row[name + '_ci'][1]:.3f}]"  # noqa: E731
     for row in rows:
-        cells = [f"{row['line']} ({row['split']}, {row['images']})", row["role"], str(row["episodes"]), f"{row['iou_step0']:.3f}", interval(row, "iou")]
+        cells = [f"{row['line']} ({row['split']}, {row['images']})", row["role"], row["protocol"], str(row["episodes"]), f"{row['iou_step0']:.3f}", interval(row, "iou")]
         if whole:
             cells += [interval(row, "ap50"), interval(row, "ap"), f"{row['ap50_truth_mask']:.3f}"]
         table.add_row(*cells)

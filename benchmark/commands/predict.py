@@ -1,8 +1,8 @@
 """``python -m benchmark predict``: adapt a finished run's meta-trained weights to a user's k annotated images,
 then segment any number of images.
 
-What it adapts on: exactly the run's test-time adaptation (its loss, steps and rate; ``--steps``/``--lr`` override
-them), on crops of the run's crop size (64 px at the default preset) drawn from the support images by the
+What it adapts on: exactly the run's test-time adaptation (its loss and steps, at the rate the run selected on
+validation data where it selected one, else its own; ``--steps``/``--lr`` override them), on crops of the run's crop size (64 px at the default preset) drawn from the support images by the
 episodes' rule (uniform positions, redrawn while a crop is under 5% cell; ``tasks.episodes``), ``--tiles`` per
 image (default 1: k crops, the run's own protocol), seeded by ``--seed`` (default: the run's). A run that
 trained on whole images (crop none) adapts on whole support images, which must then share one size. Adapting on
@@ -35,7 +35,7 @@ MASK_SUFFIX, OVERLAY_SUFFIX, COCO_FILE, SCORES_FILE = ".mask.png", ".overlay.png
 def add_instance_options(parser: argparse.ArgumentParser) -> None:
     """The instance rule's parameters (``benchmark.instances``), shared with ``evaluate``."""
     group = parser.add_argument_group("instances (cells from the predicted mask; see docs/real-images.md)")
-    group.add_argument("--no-split", dest="split", action="store_false", help="connected components only, no watershed split")
+    group.add_argument("--no-split", dest="split_cells", action="store_false", help="connected components only, no watershed split")
     group.add_argument("--min-distance", type=int, default=INSTANCE_DEFAULTS["min_distance"], metavar="PX",
                        help="cell centres closer than this are one cell (default: %(default)s)")
     group.add_argument("--sigma", type=float, default=INSTANCE_DEFAULTS["sigma"], metavar="PX",
@@ -47,7 +47,8 @@ def add_instance_options(parser: argparse.ArgumentParser) -> None:
 
 
 def instance_options(args: argparse.Namespace) -> dict:
-    return {name: getattr(args, name) for name in INSTANCE_DEFAULTS}
+    """The keyword arguments of ``benchmark.instances.instances`` the options ask for."""
+    return {name: getattr(args, "split_cells" if name == "split" else name) for name in INSTANCE_DEFAULTS}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -117,8 +118,9 @@ def probability(algo, params, image: np.ndarray, device) -> np.ndarray:
     return torch.sigmoid(algo.predict(params, x))[0, 0, 0].cpu().numpy()
 
 
-def with_adaptation(algo, steps: int | None, lr: float | None):
-    """The algorithm's own test-time adaptation (what the run evaluated with), with other steps or rate."""
+def with_adaptation(algo, steps: int | None, lr: float | None, selected: float | None = None):
+    """The run's test-time adaptation: the algorithm's own, at the rate the run selected on validation data where it
+    selected one, with other steps or rate where asked."""
     if steps is not None and steps < 0 or lr is not None and not lr > 0:
         raise UserError(f"--steps must be >= 0 and --lr > 0 (got {steps}, {lr})")
     adaptation = algo.adaptation
@@ -127,7 +129,8 @@ def with_adaptation(algo, steps: int | None, lr: float | None):
         if isinstance(rate, tuple):  # a rate per step cannot be stretched to another step count
             raise UserError(f"{algo.name} adapts with one rate per step ({len(rate)} steps); --steps cannot change that")
         adaptation = dataclasses.replace(adaptation, steps=steps)
-    return adaptation if lr is None else adaptation.with_rate(lr)
+    rate = lr if lr is not None else selected
+    return adaptation if rate is None else adaptation.with_rate(rate)
 
 
 def truth_labels(path: Path) -> dict:
@@ -177,14 +180,15 @@ def main(args: argparse.Namespace) -> int:
     from benchmark.images import image_files, overlay, read_image, support_from_coco, support_from_pairs
     from benchmark.instances import annotations, instance_scores, instances
     from benchmark.runner import move_state
-    from benchmark.trained import run_config, run_folder, run_weights
+    from benchmark.trained import run_config, run_folder, run_selection, run_weights
 
     if args.tiles < 1:
         raise UserError(f"--tiles must be >= 1 (got {args.tiles})")
     folder = run_folder(args.run, args.results)
     config = run_config(folder)
     algo, state = run_weights(folder)
-    adaptation = with_adaptation(algo, args.steps, args.lr)
+    selection = run_selection(folder)
+    adaptation = with_adaptation(algo, args.steps, args.lr, selection.rate if selection else None)
     try:
         device = torch.device(args.device)
     except RuntimeError:
@@ -208,7 +212,8 @@ def main(args: argparse.Namespace) -> int:
     coco = {"images": [], "annotations": [], "categories": [CATEGORY]}
     rule = instance_options(args)
     with progress_view(console) as progress:
-        task = progress.add_task(f"adapt ({adaptation.steps} steps, k={len(support)})", total=None)
+        rate = f", rate {adaptation.rate:g}" if isinstance(adaptation.rate, float) else ""
+        task = progress.add_task(f"adapt ({adaptation.steps} steps{rate}, k={len(support)})", total=None)
         try:
             params = adapted_weights(algo, move_state(state, device), support_x.to(device), support_y.to(device), adaptation)
         except FloatingPointError as err:

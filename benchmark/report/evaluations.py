@@ -13,7 +13,7 @@ import pandas as pd
 from benchmark.report.tables import MISSING, interval, markdown
 from tasks.errors import DataError
 
-COLUMNS = ["run_id", "algo", "holdout", "run_k", "evaluated_on", "k", "crop", "line", "role", "split", "images", "episodes",
+COLUMNS = ["run_id", "algo", "holdout", "run_k", "evaluated_on", "k", "crop", "line", "protocol", "role", "split", "images", "episodes",
            "iou_step0", "iou", "iou_low", "iou_high", "ap50", "ap50_low", "ap50_high", "ap", "ap_low", "ap_high", "ap50_truth_mask"]
 
 
@@ -26,7 +26,7 @@ def evaluation_rows(runs: pd.DataFrame) -> pd.DataFrame:
                 summary = json.loads(path.read_text())
                 for line in summary["lines"]:
                     row = {key: summary.get(key) for key in ("run_id", "algo", "holdout", "run_k", "evaluated_on", "k", "crop")}
-                    row |= {key: line.get(key) for key in ("line", "role", "split", "images", "episodes", "iou_step0", "iou", "ap50", "ap", "ap50_truth_mask")}
+                    row |= {key: line.get(key) for key in ("line", "protocol", "role", "split", "images", "episodes", "iou_step0", "iou", "ap50", "ap", "ap50_truth_mask")}
                     for name in ("iou", "ap50", "ap"):
                         row[f"{name}_low"], row[f"{name}_high"] = line.get(f"{name}_ci") or (None, None)
                     rows.append(row)
@@ -44,7 +44,7 @@ def _cell(row, name: str) -> str:
 
 
 def evaluations_table(rows: pd.DataFrame) -> str:
-    header = ["algorithm", "held out", "evaluated on", "k", "episodes", "line (split, images)", "role", "IoU step 0",
+    header = ["algorithm", "held out", "evaluated on", "k", "episodes", "line (split, images)", "role", "protocol", "IoU step 0",
               "IoU final [95% CI]", "AP@0.5 [95% CI]", "AP@[.5:.95] [95% CI]", "AP@0.5, true mask"]
     body = []
     for _, row in rows.iterrows():
@@ -52,10 +52,10 @@ def evaluations_table(rows: pd.DataFrame) -> str:
         reference = MISSING if row["ap50_truth_mask"] is None or pd.isna(row["ap50_truth_mask"]) else f"{row['ap50_truth_mask']:.3f}"
         body.append([
             row["algo"], row["holdout"], f"{row['evaluated_on']} ({crops})", str(row["k"]), str(row["episodes"]),
-            f"{row['line']} ({row['split']}, {row['images']})", row["role"], f"{row['iou_step0']:.3f}",
+            f"{row['line']} ({row['split']}, {row['images']})", row["role"], str(row["protocol"]), f"{row['iou_step0']:.3f}",
             _cell(row, "iou"), _cell(row, "ap50"), _cell(row, "ap"), reference,
         ])
-    return markdown(header, body, right_from=7)
+    return markdown(header, body, right_from=8)
 
 
 def report(runs: pd.DataFrame, out: Path, tables: str) -> tuple[str, list[Path]]:
@@ -71,7 +71,8 @@ def report(runs: pd.DataFrame, out: Path, tables: str) -> tuple[str, list[Path]]
     section = (
         "## Evaluations on other datasets\n\n"
         "Completed runs' meta-trained weights scored on other data by `python -m benchmark evaluate` with the run's own "
-        "protocol (adaptation, episode rule, seed); each line of the other dataset is a row, its role as in the run. AP is "
+        "protocol (adaptation under the seed protocol and at the rate the run selected on validation data, episode "
+        "rule, seed); each line of the other dataset is a row, its role as in the run. AP is "
         "COCO's segmentation AP of the predicted instances (whole images only); \"true mask\" is the AP the same instance "
         "rule reaches from the annotated mask itself, the most a perfect binary mask would give. Intervals are over "
         f"episodes, which on a small dataset share their few images. [Markdown]({tables}/evaluations.md), "
