@@ -7,6 +7,7 @@ from): it reads data, computes, and returns records. It writes no files; the sto
 
 from __future__ import annotations
 
+import functools
 import math
 import resource
 import time
@@ -209,12 +210,12 @@ def trained_seconds(log: list[dict]) -> float:
     return float(wall) if wall is not None and math.isfinite(wall) else 0.0
 
 
-def evaluation_episodes(config: RunConfig, data: LiveCell, line: str, indices: range) -> list:
+def evaluation_episodes(config: RunConfig, data: LiveCell, line: str, indices: range, split: str = EVAL_SPLIT) -> list:
     """Evaluation episodes ``indices`` of ``line``: a function of (data, seed, k, crop, queries) alone, so every
     algorithm is scored on the same ones; episodes of the same index at k = 1 and k = 3 share their query crops
     (:func:`tasks.episodes.sample_episode`), so the effect of k is paired too."""
     seed = EVAL_SEED_OFFSET + config.seed
-    return [sample_episode(data, line, EVAL_SPLIT, config.k, config.eval_queries, config.crop, seed, i) for i in indices]
+    return [sample_episode(data, line, split, config.k, config.eval_queries, config.crop, seed, i) for i in indices]
 
 
 def scored_steps(algo: Algorithm, state: MetaState, batch: TaskBatch, adaptation: Adaptation | None = None):
@@ -227,14 +228,16 @@ def scored_steps(algo: Algorithm, state: MetaState, batch: TaskBatch, adaptation
 
 
 def evaluate(
-    config, data, algo, state, device, progress, adaptation: Adaptation | None = None
+    config, data, algo, state, device, progress, adaptation: Adaptation | None = None, plan=None, split=EVAL_SPLIT, on_final=None
 ) -> tuple[pd.DataFrame, list[dict], dict[str, np.ndarray]]:
     """Adapt from k support images and record every query image's IoU at every step 0..n.
 
     Episodes are adapted ``eval_batch`` at a time (vmap over episodes inside ``algo.adapt``), with the
-    algorithm's own adaptation unless ``adaptation`` is given (a rate selected on validation data).
+    algorithm's own adaptation unless ``adaptation`` is given (a rate selected on validation data). ``plan``
+    (default :func:`evaluation_plan`), ``split`` and ``on_final(line, indices, episodes, logits)``, called with each
+    batch's query logits after the last step, serve ``python -m benchmark evaluate`` (a finished run on other data).
     """
-    plan = evaluation_plan(config)
+    plan = evaluation_plan(config) if plan is None else plan
     task = progress.add_task("evaluate", total=sum(n for _, _, n in plan)) if progress else None
     columns: dict[str, list] = {name: [] for name in ("line", "role", "episode", "query", "image_id", "step", "iou")}
     manifests: list[dict] = []
@@ -242,7 +245,7 @@ def evaluate(
     for line, role, count in plan:
         for first in range(0, count, config.eval_batch):
             indices = range(first, min(count, first + config.eval_batch))
-            episodes = evaluation_episodes(config, data, line, indices)
+            episodes = evaluation_episodes(config, data, line, indices, split)
             manifests += [ep.manifest.to_dict() for ep in episodes]
             batch = stack_episodes(episodes).to(device)
             for step, logits, scores in scored_steps(algo, state, batch, adaptation):
@@ -257,6 +260,8 @@ def evaluate(
                         columns["image_id"].append(image_id)
                         columns["step"].append(step)
                         columns["iou"].append(float(scores[e, j]))
+                if on_final is not None and step == config.inner_steps:
+                    on_final(line, indices, episodes, logits)
                 if role == HELD_OUT and first == 0 and step == config.inner_steps:
                     examples = {
                         "image": (batch.query_x[0, :, 0] * 255).round().to(torch.uint8).cpu().numpy(),
@@ -282,19 +287,23 @@ def prepare(config: RunConfig) -> tuple[torch.device, LiveCell, Algorithm]:
     return device, data, build(config)
 
 
-def evaluate_protocols(config, data, algo, state, device, progress, selection: RateSelection | None):
+def evaluate_protocols(config, data, algo, state, device, progress, selection: RateSelection | None, on_final=None, **where):
     """:func:`evaluate` under the seed protocol (the algorithm's own adaptation: n steps at the inner rate, as
     published) and, where a rate was selected on validation data, the tuned protocol (the same steps at that
     rate); rows are marked by ``protocol``. Where the selected rate is the algorithm's own, or the algorithm
-    learns its rates, the tuned rows are the seed rows."""
-    observations, manifests, examples = evaluate(config, data, algo, state, device, progress)
+    learns its rates, the tuned rows are the seed rows. ``where`` (plan, split) and ``on_final(protocol, ...)``
+    pass on to :func:`evaluate` (``python -m benchmark evaluate``)."""
+    final = {name: on_final and functools.partial(on_final, name) for name in (SEED_PROTOCOL, TUNED_PROTOCOL)}
+    observations, manifests, examples = evaluate(config, data, algo, state, device, progress, on_final=final[SEED_PROTOCOL], **where)
     observations.insert(observations.columns.get_loc("line"), "protocol", SEED_PROTOCOL)
     if selection is None:
         return observations, manifests, examples
     if selection.rate is None or selection.rate == algo.adaptation.rate:
         tuned = observations.copy()
     else:
-        tuned, _, _ = evaluate(config, data, algo, state, device, progress, algo.adaptation.with_rate(selection.rate))
+        tuned, _, _ = evaluate(
+            config, data, algo, state, device, progress, algo.adaptation.with_rate(selection.rate), on_final=final[TUNED_PROTOCOL], **where
+        )
         tuned.insert(observations.columns.get_loc("protocol"), "protocol", SEED_PROTOCOL)
     tuned["protocol"] = TUNED_PROTOCOL
     return pd.concat([observations, tuned], ignore_index=True), manifests, examples

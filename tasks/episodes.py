@@ -12,7 +12,7 @@ same image, after which the position with the most foreground is kept. The rule 
 crops too: an (almost) empty query crop has no meaningful foreground IoU. Whole images (crop None)
 are never redrawn. Leaving k out of the draw makes episodes that differ only in k share their query
 crops exactly (and the k = 1 support image is the first of the k = 3 ones), so the effect of k is a
-paired comparison.
+paired comparison. A line with fewer than k + q images follows :func:`sample_small_episode` instead.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def sample_episode(data, line: CellLine | str, split: str, k: int, q: int, crop:
         raise ValueError(f"seed and index must be >= 0 (got seed={seed}, index={index})")
     images = data.images(line, split)
     if k + q > len(images):
-        raise ValueError(f"{line.name} has {len(images)} {split} images, fewer than k + q = {k} + {q}")
+        return sample_small_episode(data, line, split, k, q, crop, seed, index)
     stream = zlib.crc32(f"{line.name}|{split}|{q}|{crop}".encode())  # no k: see the module doc
     order = np.random.default_rng([seed, index, stream]).permutation(len(images))
     chosen = [images[i] for i in order[: q + k]]  # queries first, then support
@@ -108,6 +108,43 @@ def sample_episode(data, line: CellLine | str, split: str, k: int, q: int, crop:
         picks.append((info.id, _draw_box(np.random.default_rng([seed, index, stream, position]), data.mask(info), crop)))
     manifest = EpisodeManifest(line.name, split, k, q, crop, seed, index, tuple(picks[q:]), tuple(picks[:q]))
     return _materialise(data, manifest, {info.id: info for info in chosen})
+
+
+def sample_small_episode(data, line: CellLine | str, split: str, k: int, q: int, crop: int | None, seed: int, index: int) -> Episode:
+    """Episode ``index`` of a line with fewer images than k + q (a user's own few images): crops share images.
+
+    The n >= 2 images are shuffled; the first s = min(k, n - 1) are support images, the others query images, so
+    no image serves both. The k support crops go round-robin over the support images, the q query crops over the
+    query images, each at its own position (drawn as in :func:`sample_episode`; crops of one image may overlap).
+    With whole images (crop None) a query image appears once: the episode has min(q, n - s) queries, and the
+    support images are repeated round-robin to k. One image cannot give disjoint support and query: an error.
+    """
+    line = cell_line(line)
+    images = data.images(line, split)
+    if len(images) < 2:
+        raise DataError(
+            f"{data.root}: {line.name} has {len(images)} {split} image; an episode needs at least two (one for support, "
+            "one for queries, so that no image is both)"
+        )
+    stream = zlib.crc32(f"{line.name}|{split}|{k}|{q}|{crop}|small".encode())
+    rng = np.random.default_rng([seed, index, stream])
+    order = [images[i] for i in rng.permutation(len(images))]
+    s = min(k, len(images) - 1)
+    support, query = order[:s], order[s:]
+    if crop is None:
+        query = query[:q]
+    picks = []
+    for count, pool in ((k, support), (len(query) if crop is None else q, query)):
+        for j in range(count):
+            info = pool[j % len(pool)]
+            if crop is None:
+                picks.append((info.id, (0, 0, info.height, info.width)))
+            elif crop > info.height or crop > info.width:
+                raise ValueError(f"crop {crop} is larger than {info.file_name} ({info.width}x{info.height})")
+            else:
+                picks.append((info.id, _draw_box(rng, data.mask(info), crop)))
+    manifest = EpisodeManifest(line.name, split, k, len(picks) - k, crop, seed, index, tuple(picks[:k]), tuple(picks[k:]))
+    return _materialise(data, manifest, {info.id: info for info in images})
 
 
 def load_episode(data, manifest: EpisodeManifest) -> Episode:

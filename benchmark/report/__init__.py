@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.report import plots, tables
+from benchmark.report import evaluations, plots, tables
 from benchmark.report.records import BASELINE, IMAGE, completed_runs, load_episodes, load_units, stale_runs, unit_kind
 from benchmark.report.summaries import (
     LINE_ORDER, adaptation_curves, algo_order, cell_summary, k_differences, ordered, paired_differences,
@@ -79,8 +79,10 @@ def build_report(results: Path, out: Path, threshold: float = PRACTICAL_DIFFEREN
                 examples.append((line, int(k), grid))
     written += [grid for _, _, grid in examples]
 
+    elsewhere, files = evaluations.report(runs, out, TABLES)  # runs scored on other datasets (`evaluate`)
+    written += files
     index = _index(results, runs, records, units, threshold, lolo_md, published_md, examples, out, paired=len(pairs) > 0, stale=stale_counts)
-    written.append(_write(out / "report.md", index))
+    written.append(_write(out / "report.md", index + elsewhere))
     return written
 
 
