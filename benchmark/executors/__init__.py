@@ -32,6 +32,9 @@ class Event:
 class Executor(Protocol):
     slots: int  # runs computed at a time, for the sweep's time estimate
 
+    def describe(self) -> str:
+        """Where and how many runs at a time, for the sweep's first lines."""
+
     def __enter__(self) -> "Executor": ...
 
     def __exit__(self, *exc) -> None: ...
