@@ -12,6 +12,7 @@ import numpy as np
 
 from rich.progress import Progress
 
+from benchmark import observations
 from benchmark.config import RunConfig
 from benchmark.errors import RunFailed
 from benchmark.runner import HELD_OUT, SEED_PROTOCOL, SEEN, TUNED_PROTOCOL, RunResult, prepare, run
@@ -22,18 +23,23 @@ from tasks.errors import DataError
 
 def headline(result: RunResult) -> dict[str, Any]:
     """The numbers a person looks at first, under the seed protocol (the algorithm's own adaptation): held-out
-    IoU after adaptation with its 95% interval over test images, before adaptation, on seen lines; and under
-    ``tuned``, the same at the adaptation rate selected on validation data, with the selection."""
-    observations = result.observations
-    summary = _held_out(observations[observations.protocol == SEED_PROTOCOL])
+    IoU after adaptation with its 95% interval over test images, before adaptation, on seen lines, the same for
+    each reference on the same episodes, and the collapse counts (``observations.collapse``); and under
+    ``tuned``, the algorithm's at the adaptation rate selected on validation data, with the selection."""
+    records = result.observations
+    seed = records[records.protocol == SEED_PROTOCOL]
+    own, references = seed[~seed.reference], seed[seed.reference]
+    summary = _held_out(own)
+    summary["collapse"] = observations.collapse(observations.per_episode(own))
+    summary["references"] = {name: _held_out(references[references.method == name]) for name in observations.REFERENCES}
     if result.rate_selection is not None:
-        tuned = _held_out(observations[observations.protocol == TUNED_PROTOCOL])
+        tuned = _held_out(records[(records.protocol == TUNED_PROTOCOL) & ~records.reference])
         summary["tuned"] = {"adaptation_rate": result.rate_selection.to_dict(), **tuned}
     return summary
 
 
-def _held_out(observations) -> dict[str, Any]:
-    images = per_image(observations)
+def _held_out(rows) -> dict[str, Any]:
+    images = per_image(rows)
     final = images[images.step == images.step.max()]
     held = final[final.role == HELD_OUT]
     interval = mean_ci(held.iou, units=held.image_id, weights=held.crops)
@@ -45,7 +51,7 @@ def _held_out(observations) -> dict[str, Any]:
         "heldout_step0_iou": float(np.average(step0.iou, weights=step0.crops)),
         "seen_iou": float(np.average(seen.iou, weights=seen.crops)) if len(seen) else None,
         "images": int(held.image_id.nunique()),
-        "episodes": int(observations[observations.role == HELD_OUT].episode.nunique()),
+        "episodes": int(rows[rows.role == HELD_OUT].episode.nunique()),
     }
 
 

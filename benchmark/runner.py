@@ -25,13 +25,14 @@ from algorithms.adaptation import Adaptation
 from algorithms.losses import iou
 from benchmark.config import RunConfig
 from benchmark.errors import RunFailed
+from benchmark.observations import HELD_OUT, SCRATCH, SEEN, per_episode, record_rows, record_table
+from benchmark.references import CLASSICAL
 from benchmark.validation import RateSelection, adapted_iou, select_rate, validation_batch
 from tasks.batch import TaskBatch
 from tasks.catalogue import LINES, cell_line
 from tasks.episodes import sample_episode, stack_episodes
 from tasks.livecell import LiveCell, open_livecell
 
-HELD_OUT, SEEN = "held-out", "seen"
 SEED_PROTOCOL, TUNED_PROTOCOL = "seed", "tuned"  # the algorithm's own adaptation; at the rate selected on validation
 EVAL_SPLIT = "test"
 TRAIN_SPLIT = "train"
@@ -41,7 +42,7 @@ EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes use their own stream, shared
 @dataclass
 class RunResult:
     config: RunConfig
-    observations: pd.DataFrame  # one row per line x episode x query image x adaptation step
+    observations: pd.DataFrame  # one row per line x episode x query image x adaptation step x method
     manifests: list[dict]
     examples: dict[str, np.ndarray]
     algorithm: Algorithm
@@ -58,9 +59,8 @@ class RunResult:
 
     @property
     def episodes(self) -> pd.DataFrame:
-        """The compact table: IoU averaged over each episode's query images."""
-        keys = [c for c in self.observations.columns if c not in ("query", "image_id", "iou")]
-        return self.observations.groupby(keys, sort=False, as_index=False)["iou"].mean()
+        """The compact table: values averaged over each episode's query images."""
+        return per_episode(self.observations)
 
 
 def device_of(config: RunConfig) -> torch.device:
@@ -218,19 +218,54 @@ def evaluation_episodes(config: RunConfig, data: LiveCell, line: str, indices: r
     return [sample_episode(data, line, split, config.k, config.eval_queries, config.crop, seed, i) for i in indices]
 
 
+def query_iou(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """IoU [E, q] of query predictions ``logits`` against ``truth``, both [E, q, 1, H, W]."""
+    return iou(logits.flatten(0, 1), truth.flatten(0, 1)).reshape(logits.shape[:2])
+
+
 def scored_steps(algo: Algorithm, state: MetaState, batch: TaskBatch, adaptation: Adaptation | None = None):
     """Adapt E episodes together (with the algorithm's own adaptation unless one is given); yield (step, query
     logits [E, q, 1, H, W], query IoU [E, q]) for steps 0..n."""
-    episodes = batch.support_x.shape[0]
     for step, params in algo.adapt(state, batch.support_x, batch.support_y, adaptation):
         logits = algo.predict(params, batch.query_x)
-        yield step, logits, iou(logits.flatten(0, 1), batch.query_y.flatten(0, 1)).reshape(episodes, -1)
+        yield step, logits, query_iou(logits, batch.query_y)
+
+
+def predictions(
+    config: RunConfig, algo: Algorithm, state: MetaState, batch: TaskBatch, adaptation: Adaptation | None = None,
+    scratch: MetaState | None = None,
+):
+    """Yield (method, step, query logits, query IoU) for a batch of episodes: the algorithm adapted from ``state``
+    (steps 0..n, with ``adaptation``, default its own), then, given the untrained ``scratch`` state, the
+    references: each classical one, and ``scratch`` adapted with the shared protocol (n plain steps at the inner
+    rate, whatever the algorithm's own adaptation), so the references are the same for every algorithm."""
+    for step, logits, scores in scored_steps(algo, state, batch, adaptation):
+        yield config.algo, step, logits, scores
+    if scratch is None:
+        return
+    for name, predict in CLASSICAL.items():
+        logits = predict(batch.support_x, batch.support_y, batch.query_x)
+        yield name, 0, logits, query_iou(logits, batch.query_y)
+    shared = Adaptation(steps=config.inner_steps, rate=config.inner_lr)
+    for step, logits, scores in scored_steps(algo, scratch, batch, shared):
+        yield SCRATCH, step, logits, scores
+
+
+def example_arrays(batch: TaskBatch, logits: torch.Tensor) -> dict[str, np.ndarray]:
+    """Images, truth and predictions of the batch's first episode, for the report's example grid."""
+    return {
+        "image": (batch.query_x[0, :, 0] * 255).round().to(torch.uint8).cpu().numpy(),
+        "truth": batch.query_y[0, :, 0].bool().cpu().numpy(),
+        "prediction": (logits[0, :, 0] > 0).cpu().numpy(),
+    }
 
 
 def evaluate(
-    config, data, algo, state, device, progress, adaptation: Adaptation | None = None, plan=None, split=EVAL_SPLIT, on_final=None
+    config, data, algo, state, device, progress, adaptation: Adaptation | None = None, plan=None, split=EVAL_SPLIT,
+    on_final=None, references: bool = True,
 ) -> tuple[pd.DataFrame, list[dict], dict[str, np.ndarray]]:
-    """Adapt from k support images and record every query image's IoU at every step 0..n.
+    """Adapt from k support images and record every query image's IoU at every step 0..n, for the algorithm
+    and, with ``references``, the references (:func:`predictions`), as tidy rows (:mod:`benchmark.observations`).
 
     Episodes are adapted ``eval_batch`` at a time (vmap over episodes inside ``algo.adapt``), with the
     algorithm's own adaptation unless ``adaptation`` is given (a rate selected on validation data). ``plan``
@@ -239,7 +274,8 @@ def evaluate(
     """
     plan = evaluation_plan(config) if plan is None else plan
     task = progress.add_task("evaluate", total=sum(n for _, _, n in plan)) if progress else None
-    columns: dict[str, list] = {name: [] for name in ("line", "role", "episode", "query", "image_id", "step", "iou")}
+    scratch = move_state(algo.init_state(algo.model.init(config.seed)), device) if references else None
+    blocks: list[dict[str, np.ndarray]] = []
     manifests: list[dict] = []
     examples: dict[str, np.ndarray] = {}
     for line, role, count in plan:
@@ -247,34 +283,18 @@ def evaluate(
             indices = range(first, min(count, first + config.eval_batch))
             episodes = evaluation_episodes(config, data, line, indices, split)
             manifests += [ep.manifest.to_dict() for ep in episodes]
+            query_ids = [[image_id for image_id, _ in ep.manifest.query] for ep in episodes]
             batch = stack_episodes(episodes).to(device)
-            for step, logits, scores in scored_steps(algo, state, batch, adaptation):
-                scores = scores.cpu()
-                for e, episode in enumerate(episodes):
-                    ids = [image_id for image_id, _ in episode.manifest.query]
-                    for j, image_id in enumerate(ids):
-                        columns["line"].append(line)
-                        columns["role"].append(role)
-                        columns["episode"].append(indices[e])
-                        columns["query"].append(j)
-                        columns["image_id"].append(image_id)
-                        columns["step"].append(step)
-                        columns["iou"].append(float(scores[e, j]))
-                if on_final is not None and step == config.inner_steps:
+            for method, step, logits, scores in predictions(config, algo, state, batch, adaptation=adaptation, scratch=scratch):
+                blocks.append(record_rows(method, line, role, indices, query_ids, step, scores, logits))
+                if method == config.algo and on_final is not None and step == config.inner_steps:
                     on_final(line, indices, episodes, logits)
-                if role == HELD_OUT and first == 0 and step == config.inner_steps:
-                    examples = {
-                        "image": (batch.query_x[0, :, 0] * 255).round().to(torch.uint8).cpu().numpy(),
-                        "truth": batch.query_y[0, :, 0].bool().cpu().numpy(),
-                        "prediction": (logits[0, :, 0] > 0).cpu().numpy(),
-                    }
+                if method == config.algo and role == HELD_OUT and first == 0 and step == config.inner_steps:
+                    examples = example_arrays(batch, logits)
             if progress:
                 progress.update(task, advance=len(episodes), description=f"evaluate {line}")
-    observations = pd.DataFrame(columns)
-    ident = {"run_id": config.run_id, "algo": config.algo, "holdout": config.holdout, "k": config.k, "seed": config.seed}
-    for position, (name, value) in enumerate(ident.items()):
-        observations.insert(position, name, value)
-    return observations, manifests, examples
+    run_columns = {"run_id": config.run_id, "algo": config.algo, "holdout": config.holdout, "k": config.k, "seed": config.seed}
+    return record_table(blocks, run_columns), manifests, examples
 
 
 def prepare(config: RunConfig) -> tuple[torch.device, LiveCell, Algorithm]:
@@ -291,7 +311,8 @@ def evaluate_protocols(config, data, algo, state, device, progress, selection: R
     """:func:`evaluate` under the seed protocol (the algorithm's own adaptation: n steps at the inner rate, as
     published) and, where a rate was selected on validation data, the tuned protocol (the same steps at that
     rate); rows are marked by ``protocol``. Where the selected rate is the algorithm's own, or the algorithm
-    learns its rates, the tuned rows are the seed rows. ``where`` (plan, split) and ``on_final(protocol, ...)``
+    learns its rates, the tuned rows are the seed rows. The references do not depend on the algorithm's rate:
+    computed once, their rows stand under both protocols. ``where`` (plan, split) and ``on_final(protocol, ...)``
     pass on to :func:`evaluate` (``python -m benchmark evaluate``)."""
     final = {name: on_final and functools.partial(on_final, name) for name in (SEED_PROTOCOL, TUNED_PROTOCOL)}
     observations, manifests, examples = evaluate(config, data, algo, state, device, progress, on_final=final[SEED_PROTOCOL], **where)
@@ -301,10 +322,12 @@ def evaluate_protocols(config, data, algo, state, device, progress, selection: R
     if selection.rate is None or selection.rate == algo.adaptation.rate:
         tuned = observations.copy()
     else:
-        tuned, _, _ = evaluate(
-            config, data, algo, state, device, progress, algo.adaptation.with_rate(selection.rate), on_final=final[TUNED_PROTOCOL], **where
+        adaptation = algo.adaptation.with_rate(selection.rate)
+        own, _, _ = evaluate(
+            config, data, algo, state, device, progress, adaptation, on_final=final[TUNED_PROTOCOL], references=False, **where
         )
-        tuned.insert(observations.columns.get_loc("protocol"), "protocol", SEED_PROTOCOL)
+        own.insert(observations.columns.get_loc("protocol"), "protocol", SEED_PROTOCOL)
+        tuned = pd.concat([own, observations[observations["reference"]]], ignore_index=True)
     tuned["protocol"] = TUNED_PROTOCOL
     return pd.concat([observations, tuned], ignore_index=True), manifests, examples
 

@@ -218,5 +218,8 @@ def write_train_log(path: Path, log: list[dict]) -> None:
 def per_image(observations: pd.DataFrame) -> pd.DataFrame:
     """IoU averaged over each query image's crops (``crops`` of them) per line x image x step: what the report's
     statistics need, since test images, not episodes, are the independent units."""
-    keys = [c for c in observations.columns if c not in ("episode", "query", "iou")]
-    return observations.groupby(keys, sort=False, as_index=False).agg(iou=("iou", "mean"), crops=("iou", "size"))
+    values = {"iou": ("iou", "mean"), "crops": ("iou", "size")}
+    if "predicted_foreground" in observations:  # a value too, not a key
+        values["predicted_foreground"] = ("predicted_foreground", "mean")
+    keys = [c for c in observations.columns if c not in ("episode", "query", *values)]
+    return observations.groupby(keys, sort=False, as_index=False).agg(**values)

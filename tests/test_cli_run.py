@@ -26,24 +26,44 @@ def test_run_writes_complete_tidy_records_and_skips_a_repeat(synthetic_root, tmp
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["passes"] == 3 * (2 + 1)  # meta-steps x (n + 1) passes over the meta-batch
     observations = pd.read_csv(folder / "observations.csv.gz")
-    # one row per protocol x line x episode x query x step: the seed and tuned protocols, held-out 4 episodes +
-    # 7 lines x 1 episode, 2 queries, steps 0..2
+    # one row per protocol x line x episode x query x step x method: the seed and tuned protocols, held-out 4
+    # episodes + 7 lines x 1 episode, 2 queries, steps 0..2 for the algorithm and scratch, step 0 for the three
+    # classical references (computed once: the same rows under both protocols)
     assert set(observations.protocol) == {"seed", "tuned"}
-    assert len(observations) == 2 * (4 + 7) * 2 * 3
+    seed = observations[observations.protocol == "seed"]
+    own = seed[seed.method == "fomaml"]
+    assert len(own) == (4 + 7) * 2 * 3 and not own.reference.any()
+    references = seed[seed.reference]
+    assert references.groupby("method").size().to_dict() == {
+        "all-foreground": 11 * 2, "otsu": 11 * 2, "otsu-texture": 11 * 2, "scratch": 11 * 2 * 3}
+    assert len(observations) == 2 * (len(own) + len(references))
+    tuned = observations[observations.protocol == "tuned"]
+    columns = ["method", "line", "episode", "query", "step", "iou"]
+    pd.testing.assert_frame_equal(
+        tuned[tuned.reference][columns].reset_index(drop=True), references[columns].reset_index(drop=True)
+    )
     assert set(observations.line) == {"A172", "BT-474", "BV-2", "Huh7", "MCF7", "SH-SY5Y", "SkBr3", "SK-OV-3"}
     assert set(observations[observations.role == "held-out"].line) == {"MCF7"}
-    assert observations.iou.between(0, 1).all()
+    assert observations.iou.between(0, 1).all() and observations.predicted_foreground.between(0, 1).all()
+    everything = seed[seed.method == "all-foreground"]
+    assert (everything.predicted_foreground == 1).all()
+    keys = ["line", "episode", "query"]  # the same query images under every method
+    assert own[own.step == 0][keys].reset_index(drop=True).equals(everything[keys].reset_index(drop=True))
     episodes = pd.read_csv(folder / "episodes.csv.gz")
-    assert len(episodes) == 2 * (4 + 7) * 3
+    assert len(episodes[episodes.method == "fomaml"]) == 2 * (4 + 7) * 3
     final = episodes[(episodes.step == 2) & (episodes.role == "held-out")]
-    assert summary["heldout_iou"] == pytest.approx(final[final.protocol == "seed"].iou.mean())
-    assert summary["tuned"]["heldout_iou"] == pytest.approx(final[final.protocol == "tuned"].iou.mean())
+    assert summary["heldout_iou"] == pytest.approx(final[(final.protocol == "seed") & (final.method == "fomaml")].iou.mean())
+    assert summary["tuned"]["heldout_iou"] == pytest.approx(final[(final.protocol == "tuned") & (final.method == "fomaml")].iou.mean())
     assert summary["tuned"]["adaptation_rate"]["rate"] in (0.4, 0.1)
     log = pd.read_csv(folder / "train_log.csv")  # budget points at steps 0, 2 and the last (3)
     assert log.dropna(subset=["val_iou_n"]).step.tolist() == [0, 2, 3]
+    scratch = final[(final.protocol == "seed") & (final.method == "scratch")]
+    assert summary["references"]["scratch"]["heldout_iou"] == pytest.approx(scratch.iou.mean())
+    assert summary["collapse"]["episodes"] == 4
     examples = dict(**__import__("numpy").load(folder / "examples.npz"))
     assert examples["image"].shape == examples["truth"].shape == examples["prediction"].shape == (2, 32, 32)
-    assert "held-out IoU after 2 steps" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "held-out IoU after 2 steps" in out and "otsu-texture (ref.)" in out and "scratch (ref.)" in out
 
     mtime = (folder / "summary.json").stat().st_mtime_ns
     assert main(args) == 0
@@ -143,6 +163,11 @@ def test_sweep_runs_a_grid_on_identical_episodes_and_resumes(synthetic_root, tmp
         (tmp_path / "runs" / s["run_id"] / "manifests.json.gz").read_bytes() for s in summaries
     ]
     assert manifests[0] == manifests[1]  # paired: the same evaluation episodes
+    columns = ["method", "line", "role", "episode", "query", "image_id", "step", "iou", "predicted_foreground"]
+    references = [
+        pd.read_csv(tmp_path / "runs" / s["run_id"] / "observations.csv.gz").query("reference")[columns] for s in summaries
+    ]
+    pd.testing.assert_frame_equal(references[0], references[1])  # the references do not depend on the algorithm
     capsys.readouterr()
     assert main(args) == 0
     assert "2 already finished, 0 to run" in capsys.readouterr().out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from rich.console import Console
@@ -55,30 +56,71 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=main)
 
 
+def _iou_cells(numbers: dict) -> list[str]:
+    low, high = numbers["heldout_ci"]
+    interval = f"{numbers['heldout_iou']:.3f}" + ("" if math.isnan(low) else f" [{low:.3f}, {high:.3f}]")
+    seen = numbers.get("seen_iou")
+    return [interval, f"{numbers['heldout_step0_iou']:.3f}", "—" if seen is None else f"{seen:.3f}"]
+
+
 def summary_table(summary: dict) -> Table:
+    """The run's IoU beside the references' on the same episodes."""
     config = summary["config"]
-    table = Table(title=f"{config['algo']} · held out {config['holdout']} · k={config['k']} · seed {config['seed']}")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    low, high = summary["heldout_ci"]
-    table.add_row(f"held-out IoU after {config['inner_steps']} steps (95% CI)", f"{summary['heldout_iou']:.3f} [{low:.3f}, {high:.3f}]")
+    table = Table(
+        title=f"{config['algo']} · held out {config['holdout']} · k={config['k']} · seed {config['seed']}\n"
+        f"held-out IoU after {config['inner_steps']} steps (95% CI), beside references on the same episodes",
+        caption="step 0: before adapting; seen: the 7 meta-training lines' test split",
+    )
+    table.add_column("method")
+    table.add_column("held-out", justify="right")
+    table.add_column("step 0", justify="right")
+    table.add_column("seen", justify="right")
     tuned = summary.get("tuned")
+    table.add_row(f"[bold]{config['algo']}[/]", *_iou_cells(summary), end_section=not tuned)
     if tuned:
         selected = tuned["adaptation_rate"]
         rate = "its own rates" if selected["rate"] is None else f"rate {selected['rate']:g}"
-        low, high = tuned["heldout_ci"]
-        table.add_row(
-            f"  at the {rate}, selected on {selected['episodes']} validation episodes",
-            f"{tuned['heldout_iou']:.3f} [{low:.3f}, {high:.3f}]",
-        )
-    table.add_row("held-out IoU before adaptation (step 0)", f"{summary['heldout_step0_iou']:.3f}")
-    if summary.get("seen_iou") is not None:
-        table.add_row("IoU on the 7 meta-training lines (test split)", f"{summary['seen_iou']:.3f}")
+        table.add_row(f"  at {rate}", *_iou_cells(tuned), end_section=True)
+        table.caption += f"; rate selected on {selected['episodes']} validation episodes of the meta-training lines"
+    references = summary.get("references") or {}
+    best = max(references, key=lambda name: references[name]["heldout_iou"], default=None)
+    for name, numbers in references.items():  # the best reference in full colour, the others dimmed
+        table.add_row(f"{name} (ref.)", *_iou_cells(numbers), style=None if name == best else "dim")
+    if not references:
+        table.caption += "\nno references: this run was recorded before they existed (--force reruns it)"
+    return table
+
+
+def facts_table(summary: dict) -> Table:
+    config = summary["config"]
+    table = Table(show_header=False, box=None)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
     table.add_row("held-out episodes", str(summary["episodes"]))
+    collapse = summary.get("collapse")
+    if collapse:
+        table.add_row(
+            f"held-out episodes predicted > {collapse['threshold']:.0%} cell, before -> after adapting",
+            f"{collapse['before']} -> {collapse['after']} of {collapse['episodes']}",
+        )
     table.add_row("wall time", f"{summary['wall_s']:.1f} s")
     table.add_row("peak memory (process RSS)" if config["device"] == "cpu" else "peak GPU memory", f"{summary['peak_mem_mb']:.0f} MB")
     table.add_row("meta-training forward-backward passes", f"{summary['passes']:,}")
     return table
+
+
+def collapse_warning(summary: dict) -> str | None:
+    """A warning when the algorithm predicts (nearly) every query pixel as cell on most held-out episodes."""
+    from benchmark.observations import collapsed
+
+    if not collapsed(summary):
+        return None
+    found = summary["collapse"]
+    return (
+        f"[bold yellow]warning:[/] after adapting, {summary['config']['algo']} predicts more than "
+        f"{found['threshold']:.0%} of the query pixels as cell on {found['after']} of {found['episodes']} held-out "
+        "episodes: it has collapsed toward all-foreground (compare the all-foreground reference)"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -101,5 +143,9 @@ def main(args: argparse.Namespace) -> int:
     elif summary.get("resumed_from"):
         console.print(f"[dim]resumed from meta-step {summary['resumed_from']}[/]")
     console.print(summary_table(summary))
+    console.print(facts_table(summary))
+    warning = collapse_warning(summary)
+    if warning:
+        console.print(warning)
     console.print(f"records: {store.run_dir(config.run_id)}")
     return 0
