@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.report import evaluations, plots, tables
-from benchmark.report.records import BASELINE, IMAGE, completed_runs, load_episodes, load_units, stale_runs, unit_kind
+from benchmark.report.records import BASELINE, IMAGE, REFERENCE_SUFFIX, completed_runs, load_episodes, load_units, stale_runs, unit_kind
 from benchmark.report.summaries import (
     LINE_ORDER, adaptation_curves, algo_order, cell_summary, k_differences, ordered, paired_differences,
 )
@@ -52,8 +52,15 @@ def build_report(results: Path, out: Path, threshold: float = PRACTICAL_DIFFEREN
     curves = adaptation_curves(units)
     pairs = paired_differences(units, threshold)
     k_pairs = k_differences(units, threshold)
+    tuned_records = load_episodes(runs, TUNED)
+    tuned_cells = cell_summary(load_units(runs, tuned_records, TUNED)) if len(tuned_records) else None
 
     written = []
+    tuned_md = None
+    if tuned_cells is not None:
+        tuned_md, tuned_csv = tables.lolo(tuned_cells)
+        written += [_write(out / TABLES / "leave_one_line_out_tuned.md", tuned_md),
+                    _csv(out / TABLES / "leave_one_line_out_tuned.csv", tuned_csv)]
     lolo_md, lolo_csv = tables.lolo(cells)
     written += [_write(out / TABLES / "leave_one_line_out.md", lolo_md), _csv(out / TABLES / "leave_one_line_out.csv", lolo_csv)]
     seed_md, seed_csv = tables.seed_style(cells)
@@ -81,9 +88,29 @@ def build_report(results: Path, out: Path, threshold: float = PRACTICAL_DIFFEREN
 
     elsewhere, files = evaluations.report(runs, out, TABLES)  # runs scored on other datasets (`evaluate`)
     written += files
-    index = _index(results, runs, records, units, threshold, lolo_md, published_md, examples, out, paired=len(pairs) > 0, stale=stale_counts)
+    tuned_section = _tuned_section(cells, tuned_cells, tuned_md)
+    index = _index(results, runs, records, units, threshold, lolo_md, published_md, examples, out, paired=len(pairs) > 0, stale=stale_counts,
+                   tuned_section=tuned_section)
     written.append(_write(out / "report.md", index + elsewhere))
     return written
+
+
+TUNED = "tuned"
+
+
+def rank_changes(seed_cells: pd.DataFrame, tuned_cells: pd.DataFrame) -> list[str]:
+    """Held-out cells (line, k) where the algorithms' order by mean IoU differs between the seed and the tuned
+    protocol (references left out), as "MCF7, k = 3: reptile > finetune becomes finetune > reptile"."""
+    def orders(cells):
+        held = cells[(cells["role"] == "held-out") & ~cells["algo"].str.endswith(REFERENCE_SUFFIX)]
+        return {key: list(group.sort_values("mean", ascending=False)["algo"]) for key, group in held.groupby(["holdout", "k"])}
+
+    seed, tuned = orders(seed_cells), orders(tuned_cells)
+    return [
+        f"{line}, k = {k}: {' > '.join(seed[line, k])} becomes {' > '.join(tuned[line, k])}"
+        for line, k in sorted(seed.keys() & tuned.keys())
+        if seed[line, k] != tuned[line, k]
+    ]
 
 
 def _stale_note(stale: dict[str, int]) -> str:
@@ -94,14 +121,31 @@ def _stale_note(stale: dict[str, int]) -> str:
             "rerun them with `python -m benchmark sweep`)")
 
 
+def _tuned_section(cells, tuned_cells, tuned_md) -> list[str]:
+    if tuned_cells is None:
+        return ["## Tuned protocol\n", "No run in this folder selected an adaptation rate (`adapt_rates`).\n"]
+    changes = rank_changes(cells, tuned_cells)
+    said = ("The order of the algorithms changes between the protocols on: " + "; ".join(changes) + ".\n") if changes \
+        else "The order of the algorithms on every held-out cell is the same under both protocols.\n"
+    return [
+        "## Tuned protocol\n",
+        "The same runs and episodes, each algorithm adapted at the rate it selected on validation episodes of its "
+        "meta-training lines (never the held-out line; `adapt_rates`), with the same number of steps; the table above "
+        "is the seed protocol (the published rate for everyone). " + said,
+        tuned_md,
+        f"Data: [CSV]({TABLES}/leave_one_line_out_tuned.csv).\n",
+    ]
+
+
 def _index(results, runs, records, units, threshold, lolo_md, published_md, examples, out: Path, paired: bool,
-           stale: dict[str, int]) -> str:
+           stale: dict[str, int], tuned_section: list[str]) -> str:
     """``report.md``: what was measured, the headline table inline, links to everything else."""
     steps = sorted(records.loc[records["final"], "step"].unique())
     preset = ", ".join(f"`{p}`" for p in sorted(set(map(str, runs["preset"]))))
     source = str(runs["data"].iloc[0])  # one data set per folder (records.completed_runs)
     data = f"the synthetic LIVECell look-alike ({source})" if source.startswith("synthetic") else f"LIVECell at `{source}`"
-    episodes = records[records["final"] & (records["role"] == "held-out")].groupby("run_id").size()
+    own = records[~records["algo"].str.endswith(REFERENCE_SUFFIX)]
+    episodes = own[own["final"] & (own["role"] == "held-out")].groupby("run_id").size()
     held_units = units[units["final"] & (units["role"] == "held-out")]
     held_images = held_units.groupby(["algo", "k", "holdout"])["unit"].agg(lambda u: u[u.str.startswith(IMAGE + " ")].nunique())
     unit_warning = [] if unit_kind(units["unit"]) == IMAGE else [
@@ -122,11 +166,18 @@ def _index(results, runs, records, units, threshold, lolo_md, published_md, exam
         f"{tables.span(held_images)}. \"{tables.MISSING}\" marks a combination not run yet.\n",
         *unit_warning,
         *([f"Left out:{_stale_note(stale)}.\n"] if stale else []),
+        "Rows marked \"(reference)\" score, on exactly the same support and query crops: `all-foreground` (every "
+        "pixel cell: the crops' cell cover, what a collapsed model scores), `otsu` (Otsu's threshold of each query "
+        "image, which side is cell chosen on the support set), `otsu-texture` (the same on a local standard-deviation "
+        "map) and `scratch` (the untrained initialisation adapted with the same protocol). An algorithm at or below "
+        "the best of them has learnt nothing that a threshold or a few gradient steps on the support images do not "
+        "give. Runs recorded before references were have none.\n",
         "## Leave one line out\n",
         "Each column is a run with that line held out of meta-training; the cell is IoU on that line.\n",
         lolo_md,
         f"Data: [CSV]({TABLES}/leave_one_line_out.csv).\n",
         f"![Held-out IoU per line]({PLOTS}/held_out_bars.png)\n",
+        *tuned_section,
         "## Adaptation curves\n",
         "IoU on the held-out line against adaptation step; step 0 is the meta-learned initialisation before adapting.\n",
         f"![Adaptation curves]({PLOTS}/adaptation_curves.png)\n",

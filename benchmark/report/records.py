@@ -123,6 +123,31 @@ def _episode_file(folder: Path) -> Path:
     return path
 
 
+REFERENCE_SUFFIX = " (reference)"
+
+
+def _methods(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows the references produced (records with a ``method`` column) stand as rows of their own "algorithm",
+    named ``<reference> (reference)``, so every table and plot shows them beside the algorithms."""
+    if "method" not in frame.columns:
+        return frame
+    own = frame["method"] == frame["algo"]
+    return frame.assign(algo=frame["algo"].where(own, frame["method"] + REFERENCE_SUFFIX))
+
+
+def _once(frame: pd.DataFrame, position: str) -> pd.DataFrame:
+    """References are the same for every run of one (held-out line, k, seed): keep each of their rows once."""
+    reference = frame["algo"].str.endswith(REFERENCE_SUFFIX)
+    keys = ["algo", "holdout", "k", "seed", "line", "role", position, "step"]
+    kept = frame[reference].drop_duplicates(subset=keys, keep="first")
+    return pd.concat([frame[~reference], kept], ignore_index=True)
+
+
+def _final(frame: pd.DataFrame) -> pd.Series:
+    """Each run's and method's last adaptation step (a classical reference has only step 0)."""
+    return frame["step"] == frame.groupby(["run_id", "algo"])["step"].transform("max")
+
+
 def load_episodes(runs: pd.DataFrame, protocol: str = "seed") -> pd.DataFrame:
     """The tidy per-episode records of ``runs`` under one adaptation protocol (``seed`` or ``tuned``; records
     from before protocols were recorded are the seed protocol's), validated, with ``final`` marking each run's
@@ -138,11 +163,11 @@ def load_episodes(runs: pd.DataFrame, protocol: str = "seed") -> pd.DataFrame:
         missing = [c for c in EPISODE_COLUMNS if c not in frame.columns]
         if missing:
             raise DataError(f"{path}: missing columns {', '.join(missing)}")
-        frames.append(_validated(frame[list(EPISODE_COLUMNS)], path))
+        frames.append(_validated(_methods(frame)[list(EPISODE_COLUMNS)], path))
     if not frames:
         return pd.DataFrame(columns=[*EPISODE_COLUMNS, "final"])
-    records = pd.concat(frames, ignore_index=True)
-    records["final"] = records["step"] == records.groupby("run_id")["step"].transform("max")
+    records = _once(pd.concat(frames, ignore_index=True), "episode")
+    records["final"] = _final(records)
     return records
 
 
@@ -185,7 +210,7 @@ def load_units(runs: pd.DataFrame, episodes: pd.DataFrame, protocol: str = "seed
             missing = [c for c in IMAGE_COLUMNS if c not in frame.columns]
             if missing:
                 raise DataError(f"{path}: missing columns {', '.join(missing)}")
-            frame = _validated(frame[list(IMAGE_COLUMNS)], path)
+            frame = _validated(_methods(frame)[list(IMAGE_COLUMNS)], path)
             if (frame["crops"] < 1).any():
                 raise DataError(f"{path}: crops must be positive counts")
             frame = frame.assign(unit=IMAGE + " " + frame["image_id"].astype(str), weight=frame["crops"].astype(float))
@@ -193,8 +218,8 @@ def load_units(runs: pd.DataFrame, episodes: pd.DataFrame, protocol: str = "seed
     counts = episodes.groupby(["run_id", "line"])["episode"].nunique().rename("episodes")
     if not frames:
         return pd.DataFrame(columns=[*UNIT_COLUMNS, "final"])
-    units = pd.concat(frames, ignore_index=True).join(counts, on=["run_id", "line"])
-    units["final"] = units["step"] == units.groupby("run_id")["step"].transform("max")
+    units = _once(pd.concat(frames, ignore_index=True), "unit").join(counts, on=["run_id", "line"])
+    units["final"] = _final(units)
     return units[[*UNIT_COLUMNS, "final"]]
 
 

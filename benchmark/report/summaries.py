@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from benchmark.report.records import BASELINE, IMAGE
+from benchmark.report.records import BASELINE, IMAGE, REFERENCE_SUFFIX
 from benchmark.stats import PRACTICAL_DIFFERENCE, holm, mean_ci, verdict
 from tasks.catalogue import LINES
 
@@ -23,9 +23,12 @@ COMPARISON_COLUMNS = ["pairs", "seeds", "images", "mean", "low", "high", "p", "p
 
 
 def algo_order(algos) -> list[str]:
-    """Known algorithms in a fixed order (the baseline last), then any others alphabetically."""
+    """Known algorithms in a fixed order (the baseline last), then any others alphabetically, then the
+    references (records.REFERENCE_SUFFIX)."""
     present = set(algos)
-    return [a for a in PREFERRED_ALGOS if a in present] + sorted(present - set(PREFERRED_ALGOS))
+    references = sorted(a for a in present if a.endswith(REFERENCE_SUFFIX))
+    others = sorted(present - set(PREFERRED_ALGOS) - set(references))
+    return [a for a in PREFERRED_ALGOS if a in present] + others + references
 
 
 def _images(units: pd.Series) -> int:
