@@ -44,17 +44,19 @@ def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
 
 @dataclass(frozen=True)
 class OuterOptimizer:
-    """Optimiser class ``cls`` at learning rate ``lr`` over a MetaState's ``params`` and ``extra``."""
+    """Optimiser class ``cls`` at learning rate ``lr`` over a MetaState's ``params`` and ``extra``; ``options``:
+    further keyword arguments of ``cls`` as (name, value) pairs (e.g. ``(("betas", (0.9, 0.95)),)``)."""
 
     cls: type[torch.optim.Optimizer]
     lr: float
+    options: tuple[tuple[str, object], ...] = ()
 
     def open(self, state: MetaState) -> tuple[torch.optim.Optimizer, Params, dict[str, Tensor]]:
         """Fresh leaf copies of ``state.params`` and ``state.extra`` and an optimiser over them, loaded with
         (a copy of) the state's optimiser state, so the old state is never mutated."""
         params = {k: v.detach().clone().requires_grad_(True) for k, v in state.params.items()}
         extra = {k: v.detach().clone().requires_grad_(True) for k, v in state.extra.items()}
-        optimizer = self.cls([*params.values(), *extra.values()], lr=self.lr)
+        optimizer = self.cls([*params.values(), *extra.values()], lr=self.lr, **dict(self.options))
         if state.optimizer:  # its tensors cloned: load_state_dict keeps them, and step() updates them in place
             optimizer.load_state_dict(pytree.tree_map_only(Tensor, torch.clone, state.optimizer))
         return optimizer, params, extra
