@@ -55,8 +55,9 @@ class MAML(Algorithm):
     docstring; needs tasks looped, which ``task_batching="auto"`` then does: ``torch.func`` transforms
     cannot checkpoint). Against collapse (module docstring; all off by default):
 
-    - ``init_foreground`` p in (0, 1): the output bias starts at logit(p), so theta predicts about a fraction p of
-      pixels as cell (the model's one bias of shape (1,) is the output bias);
+    - ``init_foreground`` p in (0, 1): the output bias starts at logit(p), a prior foreground probability (the
+      thresholded fraction at init also depends on the random head weights; the model's one bias of shape (1,) is
+      the output bias);
     - ``outer_beta2``: Adam's beta2 (its default 0.999 remembers a gradient spike for ~1000 steps);
     - ``clip_norm`` > 0: the meta-gradient (theta and ``extra`` together) is scaled to at most this global norm;
     - ``multi_step_loss`` A > 0: the outer loss is sum_j w_j L_query(phi_j) over the inner steps j = 1..n, with
