@@ -102,7 +102,7 @@ def test_report_lists_evaluations_on_other_datasets(smoke_run, two_per_line, tmp
     results, _ = smoke_run
     assert evaluate(smoke_run, "--data-root", str(two_per_line), "--episodes", "2", "--tag", "for-report") == 0
     _, summary, _ = records(smoke_run, "for-report")
-    written = build_report(results, tmp_path, n_resamples=200)
+    written = build_report(results, tmp_path)
     table = pd.read_csv(tmp_path / "tables" / "evaluations.csv")
     ours = table[table.evaluated_on == "for-report"].set_index(["line", "protocol"])
     for line in summary["lines"]:
