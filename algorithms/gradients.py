@@ -22,7 +22,10 @@ def grad_and_loss(loss_fn: Callable, params: Params, *args, create_graph: bool =
     a constant and the loss is detached.
     """
     if torch._C._functorch.peek_interpreter_stack() is not None:  # inside vmap / torch.func.grad
-        return grad_and_value(loss_fn)(params, *args)
+        grads, loss = grad_and_value(loss_fn)(params, *args)
+        if create_graph:
+            return grads, loss
+        return {k: g.detach() for k, g in grads.items()}, loss.detach()  # constants to an outer torch.func.grad too
     with torch.enable_grad():
         if create_graph:
             leaves = {k: v if v.requires_grad else v.detach().requires_grad_(True) for k, v in params.items()}
