@@ -59,6 +59,8 @@ class OuterOptimizer:
         optimizer = self.cls([*params.values(), *extra.values()], lr=self.lr, **dict(self.options))
         if state.optimizer:  # its tensors cloned: load_state_dict keeps them, and step() updates them in place
             optimizer.load_state_dict(pytree.tree_map_only(Tensor, torch.clone, state.optimizer))
+            for group in optimizer.param_groups:  # this rate, not the saved one: a schedule sets it per step
+                group["lr"] = self.lr
         return optimizer, params, extra
 
     @staticmethod
