@@ -12,7 +12,9 @@ The interface (see :mod:`algorithms.base`), used by the runner::
     save_checkpoint(path, algo, state); algo, state = load_checkpoint(path)
 
 One file per algorithm, each readable top to bottom: ``maml`` (second order), ``fomaml``
-(first order), ``reptile``, ``finetune`` (the budget-matched transfer baseline). What they share:
+(first order), ``reptile``, ``finetune`` (the budget-matched transfer baseline), and the meta-learners the
+field compares against: ``metasgd`` (learned per-parameter inner rates), ``anil`` (only the head adapts),
+``mamlpp`` (MAML++). What they share:
 ``base`` (the interface), ``adaptation`` (the inner loop: which parameters, rates, steps), ``batching``
 (tasks looped or vmapped), ``optim`` (the outer optimiser), ``gradients``, ``state`` (the MetaState).
 """
@@ -22,7 +24,7 @@ from algorithms.models import ModelConfig, build_model
 from algorithms.registry import available, create, register
 
 # Importing an algorithm's module registers it.
-from algorithms import finetune, fomaml, maml, reptile  # noqa: E402,F401  isort: skip
+from algorithms import anil, finetune, fomaml, maml, mamlpp, metasgd, reptile  # noqa: E402,F401  isort: skip
 from algorithms.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402  isort: skip
 
 __all__ = [

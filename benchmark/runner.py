@@ -79,6 +79,8 @@ def build(config: RunConfig) -> Algorithm:
     options = dict(config.options)
     if "seed" in algorithms.registry.hyperparameters(config.algo):
         options.setdefault("seed", config.seed)  # an algorithm's own randomness follows the run's seed
+    if "meta_steps" in algorithms.registry.hyperparameters(config.algo):
+        options.setdefault("meta_steps", config.meta_steps)  # an algorithm's schedules span the run's length
     return algorithms.create(config.algo, model, **config.part("algorithm"), **options)
 
 

@@ -115,7 +115,7 @@ def test_diverging_loss_fails_the_run_with_one_line(synthetic_root, tmp_path, ca
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--algo", "nope"], "unknown algorithm 'nope'; valid algorithms: finetune, fomaml, maml, reptile"),
+        (["--algo", "nope"], "unknown algorithm 'nope'; valid algorithms: anil, finetune, fomaml, maml, maml++, meta-sgd, reptile"),
         (["--holdout", "HeLa"], "unknown cell line 'HeLa'"),
         (["--preset", "huge"], "unknown preset 'huge'"),
         (["--k", "9"], "but k=9 support plus"),

@@ -20,14 +20,14 @@ def model():
     return build_model(ModelConfig(depth=1, width=2))
 
 
-def test_package_import_lists_the_four_algorithms():
+def test_package_import_lists_every_algorithm():
     out = subprocess.run(
         [sys.executable, "-c", "import algorithms; print(algorithms.available())"], capture_output=True, text=True, check=True
     )
-    assert out.stdout.strip() == "['finetune', 'fomaml', 'maml', 'reptile']"
+    assert out.stdout.strip() == "['anil', 'finetune', 'fomaml', 'maml', 'maml++', 'meta-sgd', 'reptile']"
 
 
-@pytest.mark.parametrize("name", ["maml", "fomaml", "reptile", "finetune"])
+@pytest.mark.parametrize("name", available())
 def test_create_builds_the_named_class_and_hparams_rebuild_it(model, name):
     algo = create(name, model, inner_steps=3, inner_lr=0.1, outer_lr=5e-4)
     assert isinstance(algo, Algorithm) and algo.name == name
@@ -38,7 +38,7 @@ def test_create_builds_the_named_class_and_hparams_rebuild_it(model, name):
 
 
 def test_unknown_algorithm_lists_the_valid_names(model):
-    with pytest.raises(ValueError, match=r"unknown algorithm 'mamal'; available: finetune, fomaml, maml, reptile"):
+    with pytest.raises(ValueError, match=r"unknown algorithm 'mamal'; available: anil, finetune, fomaml, maml, maml\+\+, meta-sgd, reptile"):
         create("mamal", model)
 
 
