@@ -53,7 +53,8 @@ def adapted_query_loss(algo, state, batch: TaskBatch) -> float:
 
 @pytest.mark.parametrize(
     "name, hparams",
-    [("maml", {}), ("fomaml", {}), ("reptile", {}), ("reptile", {"epsilon": 0.5}), ("finetune", {})],
+    [("maml", {}), ("fomaml", {}), ("reptile", {}), ("reptile", {"epsilon": 0.5}), ("finetune", {}), ("meta-sgd", {}),
+     ("anil", {}), ("maml++", {})],
 )
 def test_meta_training_lowers_query_loss_after_adaptation(small_unet, name, hparams):
     rates = {} if "epsilon" in hparams else {"outer_lr": 1e-2}
