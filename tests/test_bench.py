@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+import algorithms
 from benchmark import bench, estimate
 from benchmark.cli import main
 from benchmark.config import RunConfig, resolve
@@ -273,11 +274,11 @@ def test_bench_command_prints_json_with_the_sweep_estimate(synthetic_root, capsy
     result = json.loads(capsys.readouterr().out)
     assert [row["variant"] for row in result["meta_steps"]] == ["fomaml"]
     assert result["meta_steps"][0]["peak_mem_mb"] > 0 and "RSS" in result["settings"]["memory_method"]
-    assert result["sweep"]["runs"] == 4 * 8 * 2 and result["sweep"]["seconds"] > 0
+    assert result["sweep"]["runs"] == len(algorithms.available()) * 8 * 2 and result["sweep"]["seconds"] > 0
     sources = {(row["algo"], row["k"]): row["source"] for row in result["sweep"]["per_run"]}
     assert sources[("fomaml", 3)] == "measured"  # timed above
     assert sources[("reptile", 3)] == sources[("fomaml", 1)] == "calibrated"
-    assert len(calibrated) == 4 * 2 - 1  # once per algorithm and k, except the one just measured
+    assert len(calibrated) == len(algorithms.available()) * 2 - 1  # once per algorithm and k, except the one just measured
 
 
 def test_bench_command_variants_resolve_per_algorithm(capsys, tmp_path):
