@@ -95,18 +95,13 @@ def instance_collector(data, split: str, rows: list, rule: dict):
     return collect
 
 
-def per_episode(observations):
-    """The compact table: IoU averaged over each episode's query images (as ``RunResult.episodes``)."""
-    keys = [c for c in observations.columns if c not in ("query", "image_id", "iou")]
-    return observations.groupby(keys, sort=False, as_index=False)["iou"].mean()
-
-
 def main(args: argparse.Namespace) -> int:
     import pandas as pd
     import torch
     from rich.console import Console
 
     from benchmark.commands.run import progress_view
+    from benchmark.observations import per_episode
     from benchmark.runner import HELD_OUT, SEEN, TUNED_PROTOCOL, device_of, evaluate_protocols, move_state
     from benchmark.stats import mean_ci
     from benchmark.store import write_csv, write_json
