@@ -15,10 +15,13 @@ import hashlib
 from pathlib import Path
 
 NUMERICS_VERSION = 3
-FINGERPRINT = "e51272c37c75d7a4"
+FINGERPRINT = "78bde1af8656192a"
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("algorithms", "tasks", "benchmark/runner.py", "benchmark/references.py")
+SOURCES = (
+    "algorithms", "tasks", "benchmark/runner.py", "benchmark/references.py", "benchmark/observations.py",
+    "benchmark/validation.py",
+)
 
 
 def source_files(root: Path = ROOT) -> list[Path]:
