@@ -23,7 +23,6 @@ import math
 
 import torch
 
-from algorithms.adaptation import sgd_step
 from algorithms.base import Algorithm, MetaState
 from algorithms.models import Model
 from algorithms.registry import register

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 Params = dict[str, Tensor]
@@ -24,3 +25,17 @@ class MetaState:
     extra: dict[str, Tensor]
     optimizer: dict
     step: int
+
+
+def move_state(state: MetaState, device: torch.device) -> MetaState:
+    """The meta-state on ``device`` (optimiser state included), e.g. a CPU checkpoint resumed on a GPU."""
+    def move(obj):
+        if isinstance(obj, torch.Tensor):
+            return obj.to(device)
+        if isinstance(obj, dict):
+            return {k: move(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [move(v) for v in obj]
+        return obj
+
+    return MetaState(move(state.params), move(state.extra), move(state.optimizer), state.step)

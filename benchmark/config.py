@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from tasks.catalogue import cell_line
+from tasks.catalogue import LINES, cell_line
 
 PRESET_DIR = Path(__file__).with_name("presets")
 
@@ -152,6 +152,11 @@ class RunConfig:
             valid = f.metadata["valid"]
             if valid is not None and not valid(getattr(self, f.name)):
                 raise ConfigError(f"invalid value for {f.name}: {getattr(self, f.name)!r} (must be {f.metadata['allowed']})")
+
+    @property
+    def training_lines(self) -> list[str]:
+        """The seven lines the run meta-trains on: every line but the held-out one."""
+        return [line.name for line in LINES if line.name != self.holdout]
 
     def part(self, name: str) -> dict[str, Any]:
         """The settings of one part (``algorithm``, ``model``), by name."""

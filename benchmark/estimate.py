@@ -24,7 +24,9 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 
 from benchmark.config import RunConfig
-from benchmark.runner import build, device_of, evaluation_plan, meta_batch, move_state
+from algorithms.state import move_state
+from benchmark.evaluation import evaluation_plan
+from benchmark.runner import build, device_of, meta_batch
 from benchmark.store import COMPLETED, Store
 
 PER_RUN = ("holdout", "seed", "preset")  # settings that do not change a run's cost

@@ -15,7 +15,9 @@ from rich.progress import Progress
 from benchmark import observations
 from benchmark.config import RunConfig
 from benchmark.errors import RunFailed
-from benchmark.runner import HELD_OUT, SEED_PROTOCOL, SEEN, TUNED_PROTOCOL, RunResult, prepare, run
+from benchmark.evaluation import SEED_PROTOCOL, TUNED_PROTOCOL
+from benchmark.observations import HELD_OUT, SEEN
+from benchmark.runner import RunResult, prepare, run
 from benchmark.stats import mean_ci
 from benchmark.store import Store, per_image
 from tasks.errors import DataError

@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from algorithms import Algorithm, MetaState, load_checkpoint, save_checkpoint
 from benchmark.config import RunConfig

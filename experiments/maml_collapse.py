@@ -26,9 +26,10 @@ import torch
 
 from algorithms import load_checkpoint
 from algorithms.losses import iou
-from benchmark import runner
+from benchmark.evaluation import evaluation_episodes
 from benchmark.config import FIELDS, RunConfig
 from tasks.episodes import stack_episodes
+from tasks.livecell import open_livecell
 
 # candidate -> maml options (--opt); "maml" is the algorithm as it is. 0.35: the mean cell cover of the default
 # preset's meta-training crops (MCF7 held out, the first 60 meta-steps' support and query masks).
@@ -78,11 +79,11 @@ def measure(folder: Path) -> dict:
     """fg_0, fg_n, iou_n and iou_allfg of a finished run on its held-out evaluation episodes (means over query images)."""
     config = stored_config(folder)
     algo, state = load_checkpoint(folder / "checkpoint.pt")
-    data = runner.open_livecell(config.data_root)
+    data = open_livecell(config.data_root)
     fg, scores, allfg = {0: [], config.inner_steps: []}, [], []
     for first in range(0, config.eval_episodes, config.eval_batch):
         indices = range(first, min(config.eval_episodes, first + config.eval_batch))
-        batch = stack_episodes(runner.evaluation_episodes(config, data, config.holdout, indices))
+        batch = stack_episodes(evaluation_episodes(config, data, config.holdout, indices))
         queries, truth = batch.query_x, batch.query_y.flatten(0, 1)
         for step, params in algo.adapt(state, batch.support_x, batch.support_y):
             if step in fg:

@@ -8,9 +8,8 @@ import torch
 from algorithms import ModelConfig, build_model, create
 from benchmark.config import resolve
 from benchmark.errors import RunFailed
-from benchmark.runner import training_lines
 from benchmark.validation import VAL_SPLIT, adapted_iou, select_rate, validation_batch, validation_queries
-from tasks.episodes import sample_episode, stack_episodes
+from tasks.episodes import sample_episode
 from tasks.livecell import LiveCell
 
 
@@ -29,7 +28,7 @@ def test_validation_episodes_never_touch_the_held_out_line_or_a_test_image(data,
 
     monkeypatch.setattr("benchmark.validation.sample_episode", spy)
     config = resolve("smoke", holdout="MCF7", k=3)
-    lines = training_lines(config)
+    lines = config.training_lines
     validation_batch(data, lines, config.k, 4, 32, seed=0, count=9)
     assert {split for _, split in drawn} == {VAL_SPLIT}
     assert "MCF7" not in {line for line, _ in drawn} and len({line for line, _ in drawn}) == 7

@@ -12,7 +12,7 @@ from torch import Tensor
 from algorithms import Algorithm, MetaState
 from algorithms.state import Params
 from benchmark.config import FIELDS, RunConfig
-from benchmark.runner import evaluation_episodes, scored_steps
+from benchmark.evaluation import evaluation_episodes, scored_steps
 from tasks.batch import TaskBatch
 from tasks.episodes import stack_episodes
 from tasks.livecell import LiveCell
@@ -62,7 +62,7 @@ def evaluation_batch(config: RunConfig, data: LiveCell, count: int) -> TaskBatch
 
 
 def adapt_and_score(algo: Algorithm, state: MetaState, batch: TaskBatch) -> Tensor:
-    """What evaluation computes for a batch of E episodes (``runner.scored_steps``): IoU [n + 1, E, q]."""
+    """What evaluation computes for a batch of E episodes (``evaluation.scored_steps``): IoU [n + 1, E, q]."""
     return torch.stack([scores for _, _, scores in scored_steps(algo, state, batch)])
 
 

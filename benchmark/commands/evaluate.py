@@ -1,6 +1,6 @@
 """``python -m benchmark evaluate``: a finished run's meta-trained weights, scored on another dataset.
 
-The protocol is the run's own, through the runner's own evaluation (``runner.evaluate_protocols``): the
+The protocol is the run's own, through the runner's own evaluation (``evaluation.evaluate_protocols``): the
 algorithm's test-time adaptation under the seed protocol and, where the run selected a rate on validation data, at
 that rate (rows marked by ``protocol``), its episode rule (seeded as the run's evaluation, so two evaluations agree number for
 number), its crops and query count; ``--k`` and ``--whole-images`` change only what they say. Every line of
@@ -73,7 +73,7 @@ def line_splits(data, lines, forced: str | None, own_data: bool) -> dict[str, st
 
 
 def instance_collector(data, split: str, rows: list, rule: dict):
-    """``on_final`` for ``runner.evaluate_protocols``: each episode's instance AP over its query images, appended to ``rows``."""
+    """``on_final`` for ``evaluation.evaluate_protocols``: each episode's instance AP over its query images, appended to ``rows``."""
     import torch
 
     from benchmark.instances import instance_ap, instance_scores, instances
@@ -102,7 +102,10 @@ def main(args: argparse.Namespace) -> int:
 
     from benchmark.commands.run import progress_view
     from benchmark.observations import per_episode
-    from benchmark.runner import HELD_OUT, SEEN, TUNED_PROTOCOL, device_of, evaluate_protocols, move_state
+    from algorithms.state import move_state
+    from benchmark.evaluation import TUNED_PROTOCOL, evaluate_protocols
+    from benchmark.observations import HELD_OUT, SEEN
+    from benchmark.runner import device_of
     from benchmark.stats import mean_ci
     from benchmark.store import write_csv, write_json
     from benchmark.trained import run_config, run_folder, run_selection, run_weights

@@ -179,7 +179,7 @@ def main(args: argparse.Namespace) -> int:
     from benchmark.commands.run import progress_view
     from benchmark.images import image_files, overlay, read_image, support_from_coco, support_from_pairs
     from benchmark.instances import annotations, instance_scores, instances
-    from benchmark.runner import move_state
+    from algorithms.state import move_state
     from benchmark.trained import run_config, run_folder, run_selection, run_weights
 
     if args.tiles < 1:
