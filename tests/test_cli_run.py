@@ -180,6 +180,7 @@ def test_sweep_runs_a_grid_on_identical_episodes_and_resumes(synthetic_root, tmp
     assert "fomaml" in index and "finetune" in index
     assert (tmp_path / "tables" / "leave_one_line_out.csv").is_file()
     assert (tmp_path / "plots" / "held_out_bars.png").stat().st_size > 0
+    assert set(pd.read_csv(tmp_path / "tables" / "budget_curves.csv").algo) == {"fomaml", "finetune"}  # smoke: every 2 steps
 
 
 # -- what a newcomer hits (issue 10): errors, records that should not exist, attempts -------------------------------

@@ -449,3 +449,25 @@ def test_stale_runs_are_left_out_counted_and_never_mixed_in(tmp_path):
     index = (results / "report.md").read_text()
     assert f"1 stale run(s) left out: 1 of numerics version {NUMERICS_VERSION - 1}" in index
     assert summary["run_id"] not in set(completed_runs(results).run_id)
+
+
+def test_budget_curves_come_from_the_training_logs_and_say_whether_a_ranking_held_at_half(tmp_path):
+    from benchmark.report import budget
+
+    rows = []
+    for algo, early, late in (("reptile", 0.5, 0.8), ("finetune", 0.6, 0.7)):
+        folder = tmp_path / algo
+        folder.mkdir()
+        pd.DataFrame(
+            {"step": [0, 1, 2, 3, 4], "loss": [None, 1, 1, 1, 1], "passes": [0, 11, 11, 11, 11],
+             "wall_s": [0, 1, 2, 3, 4], "val_iou_0": [0.1, None, 0.2, None, 0.3],
+             "val_iou_n": [0.2, None, early, None, late]}
+        ).to_csv(folder / "train_log.csv", index=False)
+        rows.append({"algo": algo, "holdout": "MCF7", "k": 3, "seed": 0, "folder": folder})
+    rows.append({"algo": "maml", "holdout": "MCF7", "k": 3, "seed": 0, "folder": tmp_path / "absent"})  # no log
+    points = budget.budget_points(pd.DataFrame(rows))
+    assert sorted(points[points.algo == "reptile"].step) == [0, 2, 4]
+    assert points[(points.algo == "reptile") & (points.step == 4)].passes.item() == 44  # passes spent so far
+    (said,) = budget.ranking_at_half(points)
+    assert said == "MCF7, k = 3, seed 0: final order reptile > finetune (step 4); at step 2 it was finetune > reptile"
+    assert budget.plot(points, tmp_path / "budget.png").stat().st_size > 0

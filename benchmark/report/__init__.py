@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.report import evaluations, plots, tables
+from benchmark.report import budget, evaluations, plots, tables
 from benchmark.report.records import BASELINE, IMAGE, REFERENCE_SUFFIX, completed_runs, load_episodes, load_units, stale_runs, unit_kind
 from benchmark.report.summaries import (
     LINE_ORDER, adaptation_curves, algo_order, cell_summary, k_differences, ordered, paired_differences,
@@ -78,6 +78,20 @@ def build_report(results: Path, out: Path, threshold: float = PRACTICAL_DIFFEREN
         old.unlink()
     written.append(plots.held_out_bars(cells, out / PLOTS / "held_out_bars.png"))
     written.append(plots.adaptation_curves(curves, out / PLOTS / "adaptation_curves.png"))
+    points = budget.budget_points(runs)
+    budget_section = ["## Budget curves\n", "No run in this folder recorded budget points (`budget_every`).\n"]
+    if len(points):
+        written += [_csv(out / TABLES / "budget_curves.csv", points),
+                    budget.plot(points, out / PLOTS / "budget_curves.png")]
+        held = budget.ranking_at_half(points)
+        budget_section = [
+            "## Budget curves\n",
+            "Validation IoU after adaptation (episodes of the meta-training lines' val split, never the held-out line) "
+            "along meta-training, mean over held-out lines and seeds: does a ranking hold with less budget? "
+            f"[CSV]({TABLES}/budget_curves.csv) (with forward-backward passes spent).\n",
+            f"![Budget curves]({PLOTS}/budget_curves.png)\n",
+            *([("At half the budget: " + "; ".join(held) + ".\n")] if held else []),
+        ]
     examples = []
     for line in [line for line in LINE_ORDER if line in set(runs["holdout"])]:
         for k in sorted(runs[runs["holdout"] == line]["k"].unique()):
@@ -90,7 +104,7 @@ def build_report(results: Path, out: Path, threshold: float = PRACTICAL_DIFFEREN
     written += files
     tuned_section = _tuned_section(cells, tuned_cells, tuned_md)
     index = _index(results, runs, records, units, threshold, lolo_md, published_md, examples, out, paired=len(pairs) > 0, stale=stale_counts,
-                   tuned_section=tuned_section)
+                   tuned_section=tuned_section + budget_section)
     written.append(_write(out / "report.md", index + elsewhere))
     return written
 
