@@ -154,21 +154,28 @@ def load_episodes(runs: pd.DataFrame, protocol: str = "seed") -> pd.DataFrame:
     last step."""
     frames = []
     for run in runs.itertuples():
-        path = _episode_file(run.folder)
-        frame = pd.read_csv(path)
-        if "protocol" in frame.columns:
-            frame = frame[frame["protocol"] == protocol]
-        elif protocol != "seed":
-            continue
-        missing = [c for c in EPISODE_COLUMNS if c not in frame.columns]
-        if missing:
-            raise DataError(f"{path}: missing columns {', '.join(missing)}")
-        frames.append(_validated(_methods(frame)[list(EPISODE_COLUMNS)], path))
+        frame = _read_records(_episode_file(run.folder), protocol, EPISODE_COLUMNS)
+        if frame is not None:
+            frames.append(frame)
     if not frames:
         return pd.DataFrame(columns=[*EPISODE_COLUMNS, "final"])
     records = _once(pd.concat(frames, ignore_index=True), "episode")
     records["final"] = _final(records)
     return records
+
+
+def _read_records(path: Path, protocol: str, columns: tuple[str, ...]) -> pd.DataFrame | None:
+    """``columns`` of a record file's rows under ``protocol``, references as their own methods, validated; None
+    for a file written before protocols were recorded when another than the seed protocol is asked for."""
+    frame = pd.read_csv(path)
+    if "protocol" in frame.columns:
+        frame = frame[frame["protocol"] == protocol]
+    elif protocol != "seed":
+        return None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing columns {', '.join(missing)}")
+    return _validated(_methods(frame)[list(columns)], path)
 
 
 def _validated(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
@@ -202,15 +209,9 @@ def load_units(runs: pd.DataFrame, episodes: pd.DataFrame, protocol: str = "seed
             frame = episodes[episodes["run_id"] == run.run_id]
             frame = frame.assign(unit=EPISODE + " " + frame["episode"].astype(str), weight=1.0)
         else:
-            frame = pd.read_csv(path)
-            if "protocol" in frame.columns:
-                frame = frame[frame["protocol"] == protocol]
-            elif protocol != "seed":
+            frame = _read_records(path, protocol, IMAGE_COLUMNS)
+            if frame is None:
                 continue
-            missing = [c for c in IMAGE_COLUMNS if c not in frame.columns]
-            if missing:
-                raise DataError(f"{path}: missing columns {', '.join(missing)}")
-            frame = _validated(_methods(frame)[list(IMAGE_COLUMNS)], path)
             if (frame["crops"] < 1).any():
                 raise DataError(f"{path}: crops must be positive counts")
             frame = frame.assign(unit=IMAGE + " " + frame["image_id"].astype(str), weight=frame["crops"].astype(float))
