@@ -111,3 +111,49 @@ def test_report_lists_evaluations_on_other_datasets(smoke_run, two_per_line, tmp
     index = (tmp_path / "report.md").read_text()
     assert "## Evaluations on other datasets" in index and "tables/evaluations.md" in index
     assert tmp_path / "tables" / "evaluations.md" in written
+
+
+def test_the_summary_scores_the_algorithm_apart_from_the_references(smoke_run, two_per_line):  # noqa: F811
+    """Each line's IoU is the algorithm's own over its query images, never mixed with the references' rows,
+    which stand beside it with their own scores on the same episodes."""
+    assert evaluate(smoke_run, "--data-root", str(two_per_line), "--episodes", "3", "--tag", "apart") == 0
+    _, summary, folder = records(smoke_run, "apart")
+    rows = pd.read_csv(folder / "observations.csv.gz")
+    last = rows[rows.step == rows.step.max()]
+    for line in summary["lines"]:
+        here = rows[(rows.line == line["line"]) & (rows.protocol == line["protocol"])]
+        final = here[here.step == here[~here.reference].step.max()]
+        own = final[final.method == "reptile"].groupby("image_id").iou.agg(["mean", "size"])
+        assert line["iou"] == pytest.approx((own["mean"] * own["size"]).sum() / own["size"].sum())
+        assert 0 <= line["iou_ci"][0] <= line["iou"] <= line["iou_ci"][1] <= 1
+        assert set(line["references"]) == {"all-foreground", "otsu", "otsu-texture", "scratch"}
+        for name, reference in line["references"].items():
+            theirs = here[(here.method == name) & (here.step == here[here.method == name].step.max())]
+            assert reference["iou"] == pytest.approx(theirs.iou.mean())
+    assert set(last.method) >= {"reptile", "scratch"}
+
+
+def test_sweep_evaluates_each_run_where_the_dataset_annotates_its_held_out_line(synthetic_root, two_per_line, tmp_path, capsys):
+    """`sweep --evaluate-on ROOT`: a run held out on a line ROOT annotates is evaluated there after it finishes (as
+    `evaluate RUN --data-root ROOT --holdout LINE` would); one held out elsewhere is not; a rerun finds nothing to
+    do; a finished run not yet evaluated is evaluated without rerunning it."""
+    results = tmp_path / "results"
+    grid = ["sweep", "--preset", "smoke", "--algos", "reptile", "--k", "1", "--data-root", str(synthetic_root), "--out", str(results)]
+    assert main([*grid, "--holdouts", "A172"]) == 0  # finished before anyone asked for the evaluation
+    capsys.readouterr()
+    assert main([*grid, "--holdouts", "A172,MCF7", "--evaluate-on", str(two_per_line)]) == 0
+    out = capsys.readouterr().out
+    assert "1 already finished, 1 to run" in " ".join(out.split())
+    runs = {path.name.split("-")[1]: path for path in (results / "runs").iterdir()}
+    summary = json.loads((runs["MCF7"] / "evaluations" / "livecell" / "summary.json").read_text())
+    assert [row["line"] for row in summary["lines"]] == ["MCF7", "MCF7"] and summary["lines"][0]["role"] == "held-out"
+    assert not (runs["A172"] / "evaluations").exists()  # two_per_line annotates MCF7 and BT-474 only
+    before = (runs["MCF7"] / "summary.json").read_text()
+    assert main([*grid, "--holdouts", "A172,MCF7", "--evaluate-on", str(two_per_line)]) == 0
+    assert "0 to run, 0 finished ones to evaluate" in " ".join(capsys.readouterr().out.split())
+    assert (runs["MCF7"] / "summary.json").read_text() == before
+    (runs["MCF7"] / "evaluations" / "livecell" / "summary.json").unlink()
+    assert main([*grid, "--holdouts", "MCF7", "--evaluate-on", str(two_per_line)]) == 0
+    assert "1 finished ones to evaluate" in " ".join(capsys.readouterr().out.split())
+    assert (runs["MCF7"] / "evaluations" / "livecell" / "summary.json").is_file()
+    assert (runs["MCF7"] / "summary.json").read_text() == before  # evaluated, not rerun

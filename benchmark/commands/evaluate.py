@@ -96,132 +96,197 @@ def instance_collector(data, split: str, rows: list, rule: dict):
 
 
 def main(args: argparse.Namespace) -> int:
-    import pandas as pd
-    import torch
     from rich.console import Console
 
     from benchmark.commands.run import progress_view
-    from benchmark.observations import per_episode
-    from algorithms.state import move_state
-    from benchmark.evaluation import TUNED_PROTOCOL, evaluate_protocols
-    from benchmark.observations import HELD_OUT, SEEN
-    from benchmark.runner import device_of
-    from benchmark.stats import mean_ci
-    from benchmark.store import write_csv, write_json
-    from benchmark.trained import run_config, run_folder, run_selection, run_weights
-    from tasks.cache import atomic_write
-    from tasks.catalogue import LINES, cell_line
-    from tasks.livecell import LiveCell
+    from benchmark.trained import run_folder
 
-    folder = run_folder(args.run, args.results)
-    run = run_config(folder)
-    algo, state = run_weights(folder)
-    selection = run_selection(folder)
     for name in ("k", "episodes"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name} must be >= 1 (got {getattr(args, name)})")
-    config = dataclasses.replace(
-        run,
-        data_root=str(args.data_root),
-        k=args.k or run.k,
-        crop=None if args.whole_images else run.crop,
-        eval_episodes=args.episodes or run.eval_episodes,
-        device=args.device or run.device,
-    )
-    device = device_of(config)
-    data = LiveCell(args.data_root)
-    own_data = run.data_root is not None and Path(run.data_root) == Path(config.data_root)
-    wanted = [cell_line(args.holdout).name] if args.holdout else [line.name for line in LINES]
-    splits = line_splits(data, wanted, args.split, own_data)
-    if args.holdout and not splits:
-        raise UserError(f"{args.data_root}: no annotated images of {wanted[0]} in {' or '.join(('test',) if own_data else (args.split,) if args.split else SPLIT_ORDER)}")
-    single = {line: split for line, split in splits.items() if len(data.images(line, split)) < 2 and not args.holdout}
-    splits = {line: split for line, split in splits.items() if line not in single}
-    if not splits:
-        raise UserError(f"{args.data_root}: no line with two or more annotated images in one split (an episode needs one for support, one for queries)")
-    tag = args.tag or default_tag(args.data_root, config.k, run.k, args.whole_images)
-    rule = instance_options(args)
-
     console = Console()
-    for line, split in single.items():
-        console.print(f"[dim]{line}: left out, one {split} image (an episode needs two: support and queries apart)[/]")
-    frames, manifests, instance_rows = [], [], []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
-        with progress_view(console) as progress:
-            state = move_state(state, device)
-            for split in dict.fromkeys(splits.values()):
-                lines = [line for line in splits if splits[line] == split]
-                plan = [(line, HELD_OUT if line == run.holdout else SEEN, config.eval_episodes) for line in lines]
-                rows: list[dict] = []
-                collect = instance_collector(data, split, rows, rule) if args.whole_images else None
-                try:
-                    observations, found, _ = evaluate_protocols(
-                        config, data, algo, state, device, progress, selection, on_final=collect, plan=plan, split=split
-                    )
-                except FloatingPointError as err:
-                    raise UserError(f"test-time adaptation diverged: {err}") from None
-                frames.append(observations.assign(evaluated_on=tag, split=split))
-                manifests += found
-                if collect and selection and not any(row["protocol"] == TUNED_PROTOCOL for row in rows):
-                    rows += [{**row, "protocol": TUNED_PROTOCOL} for row in rows]  # tuned rows are the seed rows there
-                instance_rows += [{**row, "split": split} for row in rows]
-    finally:
-        torch.set_num_threads(threads)
-
-    observations = pd.concat(frames, ignore_index=True)
-    episodes = per_episode(observations)
-    out = folder / "evaluations" / tag
-    write_csv(out / "observations.csv.gz", observations)
-    write_csv(out / "episodes.csv.gz", episodes)
-    atomic_write(out / "manifests.json.gz", lambda f: f.write(gzip.compress(json.dumps(manifests).encode(), mtime=0)))
-    instances_frame = pd.DataFrame(instance_rows, columns=["protocol", "line", "split", "episode", "ap50", "ap", "ap50_truth_mask", "ap_truth_mask"])
-    if args.whole_images:
-        write_csv(out / "instances.csv", instances_frame)
-
-    final = episodes[episodes.step == episodes.step.max()]
-    summary_lines = []
-    for protocol in final.protocol.unique():
-        for line in splits:
-            ours = (final.line == line) & (final.protocol == protocol)
-            iou = mean_ci(final[ours].iou)
-            row = {
-                "line": line, "protocol": protocol, "role": HELD_OUT if line == run.holdout else SEEN, "split": splits[line],
-                "images": len(data.images(line, splits[line])), "episodes": int(final[ours].episode.nunique()),
-                "iou": iou.mean, "iou_ci": [iou.low, iou.high],
-                "iou_step0": float(episodes[(episodes.step == 0) & (episodes.line == line) & (episodes.protocol == protocol)].iou.mean()),
-            }
-            if args.whole_images:
-                aps = instances_frame[(instances_frame.line == line) & (instances_frame.protocol == protocol)]
-                for name in ("ap50", "ap"):
-                    interval = mean_ci(aps[name].dropna())
-                    row |= {name: interval.mean, f"{name}_ci": [interval.low, interval.high], f"{name}_truth_mask": float(aps[f"{name}_truth_mask"].mean())}
-            summary_lines.append(row)
-    write_json(out / "summary.json", {
-        "run_id": folder.name, "algo": run.algo, "holdout": run.holdout, "run_k": run.k, "evaluated_on": tag,
-        "data_root": config.data_root, "k": config.k, "crop": config.crop, "eval_queries": config.eval_queries,
-        "adaptation_rate": selection.rate if selection else None,
-        "instances": rule if args.whole_images else None, "left_out": sorted(single), "lines": summary_lines,
-    })
-    console.print(result_table(run, tag, config, summary_lines, args.whole_images))
+    with progress_view(console) as progress:
+        out, summary = evaluate_run(
+            run_folder(args.run, args.results), args.data_root, holdout=args.holdout, k=args.k,
+            whole_images=args.whole_images, episodes=args.episodes, split=args.split, tag=args.tag, device=args.device,
+            rule=instance_options(args), progress=progress, note=console.print,
+        )
+    console.print(result_table(summary))
     console.print(f"records: {out}")
     return 0
 
 
-def result_table(run, tag, config, rows, whole):
+def annotated_split(root: Path, line: str) -> str | None:
+    """The split ``evaluate`` would read ``line`` from in ``root`` (test, else val, else train), if it has two or more
+    annotated images there (an episode needs one for support and one for queries); else None."""
+    from tasks.livecell import LiveCell
+
+    data = LiveCell(root)
+    split = line_splits(data, [line], None, own_data=False).get(line)
+    return split if split and len(data.images(line, split)) >= 2 else None
+
+
+def evaluation_folder(folder: Path, root: Path, k: int | None = None, whole_images: bool = False) -> Path:
+    """Where ``evaluate_run`` with these options stores its records (default tag)."""
+    from benchmark.trained import run_config
+
+    run = run_config(folder)
+    return Path(folder) / "evaluations" / default_tag(root, k or run.k, run.k, whole_images)
+
+
+def evaluate_run(
+    folder: Path, root: Path, *, holdout: str | None = None, k: int | None = None, whole_images: bool = False,
+    episodes: int | None = None, split: str | None = None, tag: str | None = None, device: str | None = None,
+    rule: dict | None = None, progress=None, note=lambda text: None,
+) -> tuple[Path, dict]:
+    """Score the completed run in ``folder`` on the dataset ``root`` (module doc) and store the records; return
+    their folder and the summary. ``note`` receives a line for each line left out. ``sweep --evaluate-on`` calls
+    this in the worker after each run."""
+    import pandas as pd
+    import torch
+
+    from algorithms.state import move_state
+    from benchmark.evaluation import TUNED_PROTOCOL, evaluate_protocols
+    from benchmark.instances import INSTANCE_DEFAULTS
+    from benchmark.observations import HELD_OUT, SEEN, per_episode
+    from benchmark.runner import device_of
+    from benchmark.store import write_csv, write_json
+    from benchmark.trained import run_config, run_selection, run_weights
+    from tasks.cache import atomic_write
+    from tasks.catalogue import LINES, cell_line
+    from tasks.livecell import LiveCell
+
+    run = run_config(folder)
+    algo, state = run_weights(folder)
+    selection = run_selection(folder)
+    rule = dict(INSTANCE_DEFAULTS) if rule is None else rule
+    config = dataclasses.replace(
+        run,
+        data_root=str(root),
+        k=k or run.k,
+        crop=None if whole_images else run.crop,
+        eval_episodes=episodes or run.eval_episodes,
+        device=device or run.device,
+    )
+    device = device_of(config)
+    data = LiveCell(root)
+    own_data = run.data_root is not None and Path(run.data_root) == Path(config.data_root)
+    wanted = [cell_line(holdout).name] if holdout else [line.name for line in LINES]
+    splits = line_splits(data, wanted, split, own_data)
+    if holdout and not splits:
+        raise UserError(f"{root}: no annotated images of {wanted[0]} in {' or '.join(('test',) if own_data else (split,) if split else SPLIT_ORDER)}")
+    single = {line: s for line, s in splits.items() if len(data.images(line, s)) < 2 and not holdout}
+    splits = {line: s for line, s in splits.items() if line not in single}
+    if not splits:
+        raise UserError(f"{root}: no line with two or more annotated images in one split (an episode needs one for support, one for queries)")
+    tag = tag or default_tag(root, config.k, run.k, whole_images)
+    for line, s in single.items():
+        note(f"[dim]{line}: left out, one {s} image (an episode needs two: support and queries apart)[/]")
+
+    frames, manifests, instance_rows = [], [], []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        state = move_state(state, device)
+        for s in dict.fromkeys(splits.values()):
+            lines = [line for line in splits if splits[line] == s]
+            plan = [(line, HELD_OUT if line == run.holdout else SEEN, config.eval_episodes) for line in lines]
+            rows: list[dict] = []
+            collect = instance_collector(data, s, rows, rule) if whole_images else None
+            try:
+                observations, found, _ = evaluate_protocols(
+                    config, data, algo, state, device, progress, selection, on_final=collect, plan=plan, split=s
+                )
+            except FloatingPointError as err:
+                raise UserError(f"test-time adaptation diverged: {err}") from None
+            frames.append(observations.assign(evaluated_on=tag, split=s))
+            manifests += found
+            if collect and selection and not any(row["protocol"] == TUNED_PROTOCOL for row in rows):
+                rows += [{**row, "protocol": TUNED_PROTOCOL} for row in rows]  # tuned rows are the seed rows there
+            instance_rows += [{**row, "split": s} for row in rows]
+    finally:
+        torch.set_num_threads(threads)
+
+    observations = pd.concat(frames, ignore_index=True)
+    out = Path(folder) / "evaluations" / tag
+    write_csv(out / "observations.csv.gz", observations)
+    write_csv(out / "episodes.csv.gz", per_episode(observations))
+    atomic_write(out / "manifests.json.gz", lambda f: f.write(gzip.compress(json.dumps(manifests).encode(), mtime=0)))
+    instances_frame = pd.DataFrame(instance_rows, columns=["protocol", "line", "split", "episode", "ap50", "ap", "ap50_truth_mask", "ap_truth_mask"])
+    if whole_images:
+        write_csv(out / "instances.csv", instances_frame)
+    summary = {
+        "run_id": Path(folder).name, "algo": run.algo, "holdout": run.holdout, "run_k": run.k, "evaluated_on": tag,
+        "data_root": config.data_root, "k": config.k, "crop": config.crop, "eval_queries": config.eval_queries,
+        "inner_steps": config.inner_steps, "adaptation_rate": selection.rate if selection else None,
+        "instances": rule if whole_images else None, "left_out": sorted(single),
+        "lines": summary_lines(observations, splits, data, run.holdout, instances_frame if whole_images else None),
+    }
+    write_json(out / "summary.json", summary)
+    return out, summary
+
+
+def summary_lines(observations, splits: dict[str, str], data, holdout: str, instances=None) -> list[dict]:
+    """Per line and protocol: the algorithm's IoU before and after adaptation, with a 95% interval whose units are
+    the query images (:func:`benchmark.stats.mean_ci`), and the same for each reference on the same episodes; AP
+    (intervals over episodes) where whole images were scored."""
+    from benchmark.observations import HELD_OUT, SEEN
+    from benchmark.stats import mean_ci
+    from benchmark.store import per_image
+
+    def scores(rows) -> dict:
+        images = per_image(rows)
+        final = images[images.step == images.step.max()]
+        step0 = images[images.step == 0]
+        interval = mean_ci(final.iou, units=final.image_id, weights=final.crops)
+        bounded = [max(0.0, interval.low), min(1.0, interval.high)]  # IoU lies in [0, 1]; few images give wide t-intervals
+        return {
+            "iou": interval.mean, "iou_ci": bounded, "query_images": int(final.image_id.nunique()),
+            "iou_step0": float((step0.iou * step0.crops).sum() / step0.crops.sum()),
+        }
+
+    out = []
+    for protocol in observations.protocol.unique():
+        for line, split in splits.items():
+            rows = observations[(observations.line == line) & (observations.protocol == protocol)]
+            own, references = rows[~rows.reference], rows[rows.reference]
+            row = {
+                "line": line, "protocol": protocol, "role": HELD_OUT if line == holdout else SEEN, "split": split,
+                "images": len(data.images(line, split)), "episodes": int(own.episode.nunique()), **scores(own),
+                "references": {name: scores(group) for name, group in references.groupby("method", sort=False)},
+            }
+            if instances is not None:
+                aps = instances[(instances.line == line) & (instances.protocol == protocol)]
+                for name in ("ap50", "ap"):
+                    interval = mean_ci(aps[name].dropna())
+                    row |= {name: interval.mean, f"{name}_ci": [interval.low, interval.high], f"{name}_truth_mask": float(aps[f"{name}_truth_mask"].mean())}
+            out.append(row)
+    return out
+
+
+def result_table(summary: dict):
+    """The algorithm's rows and, under them, the references' (scored once, on the same episodes)."""
     from rich.table import Table
 
-    shape = "whole images" if whole else f"{config.crop}-px crops"
-    table = Table(title=f"{run.algo} (held out {run.holdout}) on {tag}, k={config.k}, {shape}", caption="[95% CI] over episodes")
-    names = ["line (split, images)", "role", "protocol", "episodes", "IoU step 0", f"IoU step {config.inner_steps}"]
+    whole = summary["crop"] is None
+    shape = "whole images" if whole else f"{summary['crop']}-px crops"
+    table = Table(
+        title=f"{summary['algo']} (held out {summary['holdout']}) on {summary['evaluated_on']}, k={summary['k']}, {shape}",
+        caption="[95% CI]: IoU over query images, AP over episodes; references (ref.) on the same episodes",
+    )
+    names = ["line (split, images)", "role", "method", "protocol", "episodes", "IoU step 0", f"IoU step {summary['inner_steps']}"]
     names += ["AP@0.5", "AP@[.5:.95]", "AP@0.5, true mask"] if whole else []
     for name in names:
-        table.add_column(name, justify="left" if name in names[:3] else "right")
+        table.add_column(name, justify="left" if name in names[:4] else "right")
     interval = lambda row, name: f"{row[name]:.3f} [{row[name + '_ci'][0]:.3f}, {row[name + '_ci'][1]:.3f}]"  # noqa: E731
-    for row in rows:
-        cells = [f"{row['line']} ({row['split']}, {row['images']})", row["role"], row["protocol"], str(row["episodes"]), f"{row['iou_step0']:.3f}", interval(row, "iou")]
-        if whole:
-            cells += [interval(row, "ap50"), interval(row, "ap"), f"{row['ap50_truth_mask']:.3f}"]
-        table.add_row(*cells)
+    for row in summary["lines"]:
+        where = f"{row['line']} ({row['split']}, {row['images']})"
+        cells = [where, row["role"], summary["algo"], row["protocol"], str(row["episodes"]), f"{row['iou_step0']:.3f}", interval(row, "iou")]
+        table.add_row(*cells, *([interval(row, "ap50"), interval(row, "ap"), f"{row['ap50_truth_mask']:.3f}"] if whole else []))
+    for row in summary["lines"]:
+        if row["protocol"] != summary["lines"][0]["protocol"]:
+            continue  # the references do not depend on the protocol
+        for name, ref in row["references"].items():
+            where = f"{row['line']} ({row['split']}, {row['images']})"
+            table.add_row(where, row["role"], f"{name} (ref.)", "", str(row["episodes"]), f"{ref['iou_step0']:.3f}", interval(ref, "iou"), *([""] * 3 if whole else []))
     return table

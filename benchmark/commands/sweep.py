@@ -22,8 +22,9 @@ from benchmark.errors import UserError
 from benchmark.commands.options import add_config_options, config_from_args
 from benchmark.commands.run import prepare_default_data, progress_view
 from benchmark.config import RunConfig, resolve
-from benchmark.executors import EXECUTORS, FINISHED, RETRIED, STARTED, Event, Executor
+from benchmark.executors import EXECUTORS, FINISHED, RETRIED, STARTED, Event, Executor, evaluations_due
 from tasks.catalogue import LINES, cell_line
+from tasks.livecell import open_livecell
 
 
 def _csv(kind):
@@ -47,6 +48,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=Path("results"), help="results folder (default: results); with "
                         "--executor ray a folder every node can write (a shared filesystem)")
     parser.add_argument("--force", action="store_true", help="rerun finished runs too")
+    parser.add_argument("--evaluate-on", action="append", type=Path, default=[], metavar="ROOT",
+                        help="after each run, `evaluate` it on this dataset (LIVECell layout, e.g. real images) where it "
+                        "annotates the run's held-out line with two or more images; finished runs not yet evaluated "
+                        "there are evaluated too; repeatable")
     parser.add_argument("--executor", choices=EXECUTORS, default="local",
                         help="where runs compute: local processes (default) or a Ray cluster (needs pip install -e '.[ray]')")
     parser.add_argument("--jobs", type=int, help="local: runs in parallel, each in its own process (default: 1)")
@@ -69,19 +74,20 @@ RAY_FLAGS = {"address": None, "cpus_per_run": None, "gpus_per_run": 0.0, "retrie
 def make_executor(args: argparse.Namespace, configs: list[RunConfig]) -> Executor:
     """The executor the flags ask for; a flag of the other executor is an error, not silently ignored."""
     given = [name for name in RAY_FLAGS if getattr(args, name) is not None]
+    evaluate_on = tuple(str(root) for root in args.evaluate_on)
     if args.executor == "local":
         if given:
             raise UserError(f"--{given[0].replace('_', '-')} is an option of --executor ray")
         from benchmark.executors.local import LocalExecutor
 
-        return LocalExecutor(args.out, args.force, 1 if args.jobs is None else args.jobs)
+        return LocalExecutor(args.out, args.force, 1 if args.jobs is None else args.jobs, evaluate_on)
     if args.jobs is not None:
         raise UserError("--jobs is an option of --executor local; on Ray, --cpus-per-run sets how many runs fit")
     from benchmark.executors.ray_cluster import RayExecutor
 
     flags = {name: RAY_FLAGS[name] if getattr(args, name) is None else getattr(args, name) for name in RAY_FLAGS}
     flags["cpus_per_run"] = configs[0].threads if configs else 1  # set from --cpus-per-run by _ray_resources
-    return RayExecutor(args.out, args.force, **flags)
+    return RayExecutor(args.out, args.force, **flags, evaluate_on=evaluate_on)
 
 
 def grid(args: argparse.Namespace) -> list[RunConfig]:
@@ -132,8 +138,15 @@ def main(args: argparse.Namespace) -> int:
 
     store = Store(args.out)
     store.check_writable()
-    todo = [c for c in configs if args.force or not store.is_complete(c.run_id)]
-    console.print(f"sweep: {len(configs)} runs, {len(configs) - len(todo)} already finished, {len(todo)} to run")
+    evaluate_on = tuple(str(root) for root in args.evaluate_on)
+    for root in args.evaluate_on:
+        open_livecell(root)  # a one-line error now, not one per run
+    finished = [c for c in configs if not args.force and store.is_complete(c.run_id)]
+    todo = [c for c in configs if c not in finished or evaluations_due(c, store, evaluate_on)]
+    console.print(
+        f"sweep: {len(configs)} runs, {len(finished)} already finished, {len(configs) - len(finished)} to run"
+        + (f", {len(todo) - len(configs) + len(finished)} finished ones to evaluate on {', '.join(evaluate_on)}" if evaluate_on else "")
+    )
     started = time.perf_counter()
     results: list[dict] = []
     if todo:
@@ -141,7 +154,8 @@ def main(args: argparse.Namespace) -> int:
             console.print(f"executor: {args.executor}, {executor.describe()}")
             if any(c.data_root is None for c in todo):
                 prepare_default_data(progress)  # once, before the estimate and the workers need it
-            _print_estimate(console, todo, store, executor.slots)
+            if any(c not in finished for c in todo):
+                _print_estimate(console, [c for c in todo if c not in finished], store, executor.slots)
             view = SweepView(progress, len(todo))
             with closing(executor.events(todo)) as events:
                 for event in events:
@@ -205,5 +219,6 @@ def _line(config: RunConfig, summary: dict) -> str:
         return f"[red]failed[/] {config.run_id}: {summary.get('error')}"
     low, high = summary["heldout_ci"]
     resumed = f", resumed from meta-step {summary['resumed_from']}" if summary.get("resumed_from") else ""
+    evaluated = f", evaluated on {', '.join(summary['evaluations'])}" if summary.get("evaluations") else ""
     return (f"[green]done[/] {config.run_id}: held-out IoU {summary['heldout_iou']:.3f} [{low:.3f}, {high:.3f}] "
-            f"in {summary['wall_s']:.0f} s{resumed}")
+            f"in {summary['wall_s']:.0f} s{resumed}{evaluated}")

@@ -43,17 +43,42 @@ class Executor(Protocol):
         """Compute every configuration, yielding events as they happen; ends when every run has finished."""
 
 
-def execute_in_worker(config: RunConfig, out: str | Path, force: bool) -> dict:
-    """One run in the process that computes it (on ``config.threads`` torch threads, as ``run`` sets them). A run
-    that fails for a reason of its own (bad configuration, bad data, a diverging loss) comes back as a failed
+def execute_in_worker(config: RunConfig, out: str | Path, force: bool, evaluate_on: tuple[str, ...] = ()) -> dict:
+    """One run in the process that computes it (on ``config.threads`` torch threads, as ``run`` sets them), then
+    its evaluation on each dataset of ``evaluate_on`` that annotates its held-out line (:func:`evaluate_elsewhere`).
+    A run that fails for a reason of its own (bad configuration, bad data, a diverging loss) comes back as a failed
     summary, which the store has recorded if the run started, not as an exception: no executor retries it."""
     from benchmark.execute import execute
     from benchmark.store import Store
 
     try:
-        return execute(config, Store(out), force=force)
+        summary = execute(config, Store(out), force=force)
+        if summary.get("status") == "completed" and evaluate_on:
+            summary["evaluations"] = evaluate_elsewhere(config, Store(out), evaluate_on, force)
+        return summary
     except Exception as err:
         return failed_summary(config, f"{type(err).__name__}: {err}")
+
+
+def evaluations_due(config: RunConfig, store, evaluate_on: tuple[str, ...], force: bool = False) -> list[str]:
+    """The datasets of ``evaluate_on`` that annotate the run's held-out line (two or more images) and hold no
+    evaluation of the finished run yet (all of them with ``force``)."""
+    from benchmark.commands.evaluate import annotated_split, evaluation_folder
+
+    folder = store.run_dir(config.run_id)
+    return [
+        root for root in evaluate_on
+        if annotated_split(Path(root), config.holdout)
+        and (force or not (evaluation_folder(folder, Path(root)) / "summary.json").is_file())
+    ]
+
+
+def evaluate_elsewhere(config: RunConfig, store, evaluate_on: tuple[str, ...], force: bool = False) -> list[str]:
+    """``python -m benchmark evaluate RUN --data-root ROOT --holdout LINE`` for each dataset due; their tags."""
+    from benchmark.commands.evaluate import evaluate_run
+
+    folder = store.run_dir(config.run_id)
+    return [evaluate_run(folder, Path(root), holdout=config.holdout)[1]["evaluated_on"] for root in evaluations_due(config, store, evaluate_on, force)]
 
 
 def failed_summary(config: RunConfig, error: str) -> dict:

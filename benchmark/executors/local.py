@@ -13,10 +13,10 @@ from benchmark.executors import FINISHED, STARTED, Event, execute_in_worker
 
 
 class LocalExecutor:
-    def __init__(self, out: Path, force: bool, jobs: int):
+    def __init__(self, out: Path, force: bool, jobs: int, evaluate_on: tuple[str, ...] = ()):
         if jobs < 1:
             raise UserError(f"--jobs must be at least 1, got {jobs}")
-        self.out, self.force, self.slots = out, force, jobs
+        self.out, self.force, self.slots, self.evaluate_on = out, force, jobs, evaluate_on
         self.pool: ProcessPoolExecutor | None = None
 
     def describe(self) -> str:
@@ -38,7 +38,7 @@ class LocalExecutor:
         while queue or pending:
             while queue and len(pending) < self.slots:
                 config = queue.pop()
-                pending[self.pool.submit(execute_in_worker, config, self.out, self.force)] = config
+                pending[self.pool.submit(execute_in_worker, config, self.out, self.force, self.evaluate_on)] = config
                 yield Event(STARTED, config)
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:

@@ -57,9 +57,9 @@ class _Starts:
         return self.seen[count:]
 
 
-def _run_task(config: RunConfig, out: str, force: bool, starts) -> dict:
+def _run_task(config: RunConfig, out: str, force: bool, evaluate_on: tuple[str, ...], starts) -> dict:
     starts.add.remote(config.run_id)
-    return execute_in_worker(config, out, force)
+    return execute_in_worker(config, out, force, evaluate_on)
 
 
 def _probe(out: str) -> str | None:
@@ -77,14 +77,19 @@ def _probe(out: str) -> str | None:
 
 
 class RayExecutor:
-    def __init__(self, out: Path, force: bool, address: str | None, cpus_per_run: int, gpus_per_run: float, retries: int):
-        """``cpus_per_run``: the runs' ``threads`` setting; Ray reserves one CPU per torch thread."""
+    def __init__(
+        self, out: Path, force: bool, address: str | None, cpus_per_run: int, gpus_per_run: float, retries: int,
+        evaluate_on: tuple[str, ...] = (),
+    ):
+        """``cpus_per_run``: the runs' ``threads`` setting; Ray reserves one CPU per torch thread. ``evaluate_on``:
+        datasets each finished run is evaluated on, at paths every node reads."""
         for flag, value, ok in [("--cpus-per-run", cpus_per_run, cpus_per_run > 0),
                                 ("--gpus-per-run", gpus_per_run, gpus_per_run >= 0), ("--retries", retries, retries >= 0)]:
             if not ok:
                 raise UserError(f"invalid value for {flag}: {value:g}")
         self.out, self.force, self.address = Path(out).resolve(), force, address
         self.cpus, self.gpus, self.retries = cpus_per_run, gpus_per_run, retries
+        self.evaluate_on = tuple(str(Path(root).resolve()) for root in evaluate_on)
         self.ray = import_ray(_is_loopback(address))
         self.slots = 1
 
@@ -161,7 +166,7 @@ class RayExecutor:
 
         def submit(config: RunConfig, attempt: int):
             options = task.options(name=config.run_id, num_cpus=self.cpus, num_gpus=self.gpus)
-            return options.remote(config, str(self.out), self.force and attempt == 1, starts)
+            return options.remote(config, str(self.out), self.force and attempt == 1, self.evaluate_on, starts)
 
         pending = {submit(config, 1): (config, 1) for config in configs}
         first_start: dict[str, float] = {}
