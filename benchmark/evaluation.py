@@ -8,6 +8,8 @@ same ones; the records are tidy rows (:mod:`benchmark.observations`).
 from __future__ import annotations
 
 import functools
+import hashlib
+import pickle
 
 import numpy as np
 import pandas as pd
@@ -18,10 +20,12 @@ from algorithms.adaptation import Adaptation
 from algorithms.losses import iou
 from algorithms.state import move_state
 from benchmark.config import RunConfig
-from benchmark.observations import HELD_OUT, SCRATCH, SEEN, record_rows, record_table
+from benchmark.numerics import fingerprint
+from benchmark.observations import HELD_OUT, SCRATCH, SEEN, foreground_fraction, record_rows, record_table
 from benchmark.references import CLASSICAL
 from benchmark.validation import RateSelection
 from tasks.batch import TaskBatch
+from tasks.cache import atomic_write, cache_root
 from tasks.episodes import sample_episode, stack_episodes
 from tasks.livecell import LiveCell
 
@@ -59,24 +63,48 @@ def scored_steps(algo: Algorithm, state: MetaState, batch: TaskBatch, adaptation
         yield step, logits, query_iou(logits, batch.query_y)
 
 
-def predictions(
-    config: RunConfig, algo: Algorithm, state: MetaState, batch: TaskBatch, adaptation: Adaptation | None = None,
-    scratch: MetaState | None = None,
-):
-    """Yield (method, step, query logits, query IoU) for a batch of episodes: the algorithm adapted from ``state``
-    (steps 0..n, with ``adaptation``, default its own), then, given the untrained ``scratch`` state, the
-    references: each classical one, and ``scratch`` adapted with the shared protocol (n plain steps at the inner
-    rate, whatever the algorithm's own adaptation), so the references are the same for every algorithm."""
-    for step, logits, scores in scored_steps(algo, state, batch, adaptation):
-        yield config.algo, step, logits, scores
-    if scratch is None:
-        return
+def reference_scores(config: RunConfig, algo: Algorithm, scratch: MetaState, batch: TaskBatch) -> list[tuple[str, int, torch.Tensor, torch.Tensor]]:
+    """(method, step, query IoU [E, q], predicted foreground [E, q]) of every reference on a batch of episodes:
+    each classical one, and ``scratch`` (the untrained state) adapted with the shared protocol (n plain steps at
+    the inner rate, whatever the algorithm's own adaptation), so the references are the same for every algorithm.
+
+    Scratch's adaptation costs as much as the algorithm's own evaluation, and every algorithm of a sweep scores
+    the same episodes; so the answer is kept in the cache (:func:`reference_key`: a hash of everything it is
+    computed from) and the runs after the first read it."""
+    path = cache_root() / "references" / f"{reference_key(config, scratch, batch)}.pt"
+    try:
+        return torch.load(path, weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
+        pass  # absent (or unreadable): computed below
+    computed = []
     for name, predict in CLASSICAL.items():
         logits = predict(batch.support_x, batch.support_y, batch.query_x)
-        yield name, 0, logits, query_iou(logits, batch.query_y)
+        computed.append((name, 0, query_iou(logits, batch.query_y).cpu(), foreground_fraction(logits).cpu()))
     shared = Adaptation(steps=config.inner_steps, rate=config.inner_lr)
     for step, logits, scores in scored_steps(algo, scratch, batch, shared):
-        yield SCRATCH, step, logits, scores
+        computed.append((SCRATCH, step, scores.cpu(), foreground_fraction(logits).cpu()))
+    atomic_write(path, lambda f: torch.save(computed, f))
+    return computed
+
+
+def reference_key(config: RunConfig, scratch: MetaState, batch: TaskBatch) -> str:
+    """sha256 of what the references of a batch are computed from: the episodes' tensors, the untrained
+    parameters, the shared protocol (steps, rate, loss), the threads and device, torch's version and the code
+    that computes them (:func:`benchmark.numerics.fingerprint`)."""
+    digest = hashlib.sha256()
+    settings = (code_fingerprint(), torch.__version__, config.inner_steps, config.inner_lr, config.loss, config.threads, str(batch.support_x.device))
+    digest.update(repr(settings).encode())
+    tensors = [batch.support_x, batch.support_y, batch.query_x, batch.query_y]
+    tensors += [scratch.params[name] for name in sorted(scratch.params)]
+    for tensor in tensors:
+        digest.update(repr((tuple(tensor.shape), str(tensor.dtype))).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    return fingerprint()
 
 
 def example_arrays(batch: TaskBatch, logits: torch.Tensor) -> dict[str, np.ndarray]:
@@ -93,7 +121,7 @@ def evaluate(
     on_final=None, references: bool = True,
 ) -> tuple[pd.DataFrame, list[dict], dict[str, np.ndarray]]:
     """Adapt from k support images and record every query image's IoU at every step 0..n, for the algorithm
-    and, with ``references``, the references (:func:`predictions`), as tidy rows (:mod:`benchmark.observations`).
+    and, with ``references``, the references (:func:`reference_scores`), as tidy rows (:mod:`benchmark.observations`).
 
     Episodes are adapted ``eval_batch`` at a time (vmap over episodes inside ``algo.adapt``), with the
     algorithm's own adaptation unless ``adaptation`` is given (a rate selected on validation data). ``plan``
@@ -113,12 +141,15 @@ def evaluate(
             manifests += [ep.manifest.to_dict() for ep in episodes]
             query_ids = [[image_id for image_id, _ in ep.manifest.query] for ep in episodes]
             batch = stack_episodes(episodes).to(device)
-            for method, step, logits, scores in predictions(config, algo, state, batch, adaptation=adaptation, scratch=scratch):
-                blocks.append(record_rows(method, line, role, indices, query_ids, step, scores, logits))
-                if method == config.algo and on_final is not None and step == config.inner_steps:
+            for step, logits, scores in scored_steps(algo, state, batch, adaptation):
+                blocks.append(record_rows(config.algo, line, role, indices, query_ids, step, scores, foreground_fraction(logits)))
+                if on_final is not None and step == config.inner_steps:
                     on_final(line, indices, episodes, logits)
-                if method == config.algo and role == HELD_OUT and first == 0 and step == config.inner_steps:
+                if role == HELD_OUT and first == 0 and step == config.inner_steps:
                     examples = example_arrays(batch, logits)
+            if scratch is not None:
+                for method, step, scores, foreground in reference_scores(config, algo, scratch, batch):
+                    blocks.append(record_rows(method, line, role, indices, query_ids, step, scores, foreground))
             if progress:
                 progress.update(task, advance=len(episodes), description=f"evaluate {line}")
     run_columns = {"run_id": config.run_id, "algo": config.algo, "holdout": config.holdout, "k": config.k, "seed": config.seed}

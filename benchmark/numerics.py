@@ -15,7 +15,7 @@ import hashlib
 from pathlib import Path
 
 NUMERICS_VERSION = 3
-FINGERPRINT = "4ee1b092461a7730"
+FINGERPRINT = "a18e1e6d332b14e7"
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = (

@@ -33,12 +33,12 @@ COLLAPSE_FOREGROUND = 0.95  # an episode whose queries are predicted this much c
 
 def record_rows(
     method: str, line: str, role: str, episodes: Sequence[int], query_ids: Sequence[Sequence[int]], step: int,
-    scores: torch.Tensor, logits: torch.Tensor,
+    scores: torch.Tensor, foreground: torch.Tensor,
 ) -> dict[str, np.ndarray]:
     """The rows of one method's predictions at one step for a batch of E episodes of q queries each.
 
     ``episodes``: the E episode indices; ``query_ids``: their query image ids; ``scores``: query IoU [E, q];
-    ``logits``: the predictions [E, q, 1, H, W] (cell where > 0).
+    ``foreground``: the fraction of each query's pixels predicted as cell [E, q] (:func:`foreground_fraction`).
     """
     count, queries = scores.shape
     size = count * queries
@@ -52,8 +52,13 @@ def record_rows(
         "image_id": np.asarray(query_ids, dtype=np.int64).reshape(size),
         "step": np.full(size, step, dtype=np.int64),
         "iou": scores.cpu().double().numpy().reshape(size),  # float32 values, held exactly
-        "predicted_foreground": (logits > 0).flatten(2).double().mean(dim=2).cpu().numpy().reshape(size),
+        "predicted_foreground": foreground.cpu().numpy().reshape(size),
     }
+
+
+def foreground_fraction(logits: torch.Tensor) -> torch.Tensor:
+    """[E, q] fraction of each query's pixels predicted as cell (logit > 0), from logits [E, q, 1, H, W]."""
+    return (logits > 0).flatten(2).double().mean(dim=2)
 
 
 def record_table(blocks: Sequence[dict[str, np.ndarray]], run: dict[str, object]) -> pd.DataFrame:

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from benchmark.commands.run import collapse_warning, facts_table, summary_table
 from benchmark.observations import (
-    COLLAPSE_FOREGROUND, REFERENCES, collapse, collapsed, per_episode, record_rows, record_table,
+    COLLAPSE_FOREGROUND, REFERENCES, collapse, collapsed, foreground_fraction, per_episode, record_rows, record_table,
 )
 
 RUN = {"run_id": "r", "algo": "maml", "holdout": "MCF7", "k": 1, "seed": 0}
@@ -21,7 +21,7 @@ def test_rows_lay_out_episodes_queries_and_the_foreground_fraction():
     logits[0, 1, 0, :2] = 1.0  # half of episode 5's second query predicted cell
     logits[1] = 1.0  # all of episode 6's
     scores = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 1 / 3]])
-    block = record_rows("maml", "MCF7", "held-out", [5, 6], [[10, 11, 12], [13, 14, 15]], 2, scores, logits)
+    block = record_rows("maml", "MCF7", "held-out", [5, 6], [[10, 11, 12], [13, 14, 15]], 2, scores, foreground_fraction(logits))
     frame = record_table([block], RUN)
     assert list(frame.columns[:5]) == list(RUN)
     assert list(frame.episode) == [5, 5, 5, 6, 6, 6] and list(frame["query"]) == [0, 1, 2] * 2
@@ -29,7 +29,7 @@ def test_rows_lay_out_episodes_queries_and_the_foreground_fraction():
     assert list(frame.predicted_foreground) == [0, 0.5, 0, 1, 1, 1]
     assert list(frame.iou) == [float(v) for v in scores.flatten()]  # the float32 values, exactly
     assert not frame.reference.any()
-    assert record_rows("otsu", "MCF7", "held-out", [5, 6], [[10, 11, 12], [13, 14, 15]], 0, scores, logits)["reference"].all()
+    assert record_rows("otsu", "MCF7", "held-out", [5, 6], [[10, 11, 12], [13, 14, 15]], 0, scores, foreground_fraction(logits))["reference"].all()
 
 
 def _episodes(foreground_after: list[float], steps: int = 2) -> pd.DataFrame:
@@ -57,7 +57,7 @@ def test_collapse_counts_held_out_episodes_above_the_threshold_before_and_after(
 def test_per_episode_averages_both_values_over_queries():
     logits = torch.ones(1, 2, 1, 2, 2)
     logits[0, 0] = -1.0
-    frame = record_table([record_rows("maml", "MCF7", "held-out", [0], [[1, 2]], 0, torch.tensor([[0.2, 0.6]]), logits)], RUN)
+    frame = record_table([record_rows("maml", "MCF7", "held-out", [0], [[1, 2]], 0, torch.tensor([[0.2, 0.6]]), foreground_fraction(logits))], RUN)
     episode = per_episode(frame)
     assert len(episode) == 1 and episode.iou[0] == pytest.approx(0.4) and episode.predicted_foreground[0] == 0.5
 

@@ -113,3 +113,36 @@ def test_all_foreground_scores_the_cell_cover():
 def test_reference_names_are_the_records_vocabulary_and_no_algorithm_takes_one():
     assert tuple(CLASSICAL) == CLASSICAL_REFERENCES and REFERENCES == (*CLASSICAL_REFERENCES, SCRATCH)
     assert not set(REFERENCES) & set(algorithms.available())
+
+
+def test_the_references_are_the_same_for_every_algorithm_and_served_from_the_cache(synthetic_root, monkeypatch):
+    """Scratch's adaptation is computed once per batch of episodes and read back by every later run: that is
+    sound only if every registered algorithm would compute the very same numbers, bit for bit, and if the cached
+    answer is the computed one. A changed input (another rate) is a new key, not a stale hit."""
+    import dataclasses
+
+    from benchmark import evaluation
+    from benchmark.config import resolve
+    from benchmark.runner import prepare
+    from tasks.episodes import stack_episodes
+
+    answers = {}
+    for name in algorithms.available():
+        config = resolve("smoke", algo=name, holdout="MCF7", data_root=str(synthetic_root))
+        _, data, algo = prepare(config)
+        batch = stack_episodes(evaluation.evaluation_episodes(config, data, "MCF7", range(3)))
+        scratch = algo.init_state(algo.model.init(config.seed))
+        with monkeypatch.context() as patch:
+            patch.setattr(evaluation, "cache_root", lambda: __import__("pathlib").Path("/nonexistent-cache"))
+            patch.setattr(evaluation, "atomic_write", lambda *args: None)
+            answers[name] = evaluation.reference_scores(config, algo, scratch, batch)  # computed, not cached
+        cached = evaluation.reference_scores(config, algo, scratch, batch)  # computed by the first, read by the rest
+        assert [(m, s) for m, s, _, _ in cached] == [(m, s) for m, s, _, _ in answers[name]]
+        for (_, _, iou_a, fg_a), (_, _, iou_b, fg_b) in zip(cached, answers[name]):
+            assert torch.equal(iou_a, iou_b) and torch.equal(fg_a, fg_b)
+    first = next(iter(answers.values()))
+    assert {m for m, _, _, _ in first} == set(REFERENCES) and max(s for _, s, _, _ in first) == config.inner_steps
+    for answer in answers.values():
+        assert all(torch.equal(a[2], b[2]) and torch.equal(a[3], b[3]) for a, b in zip(answer, first))
+    other = dataclasses.replace(config, inner_lr=config.inner_lr / 2)
+    assert evaluation.reference_key(other, scratch, batch) != evaluation.reference_key(config, scratch, batch)
