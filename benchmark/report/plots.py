@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from benchmark.report.records import REFERENCE_SUFFIX  # noqa: E402
 from benchmark.report.summaries import LINE_ORDER, algo_order  # noqa: E402
 from tasks.errors import DataError  # noqa: E402
 
@@ -65,8 +66,11 @@ def held_out_bars(cells: pd.DataFrame, path: Path) -> Path:
 def adaptation_curves(curves: pd.DataFrame, path: Path) -> Path:
     """Held-out IoU against adaptation step (step 0 = before adapting): one panel per held-out line and k,
     wrapped about four panels to a row (the k panels of one line side by side)."""
-    algos = algo_order(curves["algo"].unique())
+    everything = algo_order(curves["algo"].unique())
+    algos = [a for a in everything if not a.endswith(REFERENCE_SUFFIX)]
     colours = _palette(algos)
+    styles = _reference_styles(curves, [a for a in everything if a.endswith(REFERENCE_SUFFIX)])
+    steps = (curves["step"].min(), curves["step"].max())
     ks = sorted(curves["k"].unique())
     lines = [line for line in LINE_ORDER if line in set(curves["holdout"])]
     panels = [(line, k) for line in lines for k in ks]
@@ -88,6 +92,8 @@ def adaptation_curves(curves: pd.DataFrame, path: Path) -> Path:
                 continue
             ax.plot(mine["step"], mine["mean"], color=colours[algo], label=algo, marker=".", lw=1.5)
             ax.fill_between(mine["step"], mine["low"], mine["high"], color=colours[algo], alpha=0.2, lw=0)
+        _reference_lines(ax, panel, styles, steps)
+        ax.set_ylim(0, 1)
         ax.set_title(f"{line} held out, k={k}", fontsize=10)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.tick_params(labelbottom=True)
@@ -96,10 +102,49 @@ def adaptation_curves(curves: pd.DataFrame, path: Path) -> Path:
         if i % ncols == 0:
             ax.set_ylabel("IoU")
     handles = [plt.Line2D([], [], color=colours[a], marker=".", label=a) for a in algos]
+    if styles:
+        handles.append(plt.Line2D([], [], ls="none", label="references, same episodes:"))
+        handles += [plt.Line2D([], [], color=REFERENCE_GREY, ls=style, label=name.removesuffix(REFERENCE_SUFFIX)) for name, style in styles.items()]
     fig.legend(handles=handles, title="algorithm", loc="upper left", bbox_to_anchor=(1.0, 0.95))
     fig.suptitle("Adaptation curves on the held-out line (mean, 95% CI over test images)")
     fig.tight_layout()
     return _save(fig, path)
+
+
+REFERENCE_GREY = "0.45"
+CONSTANT_STYLES = ("-", ":", "-.", (0, (1, 3)))  # references that do not adapt: horizontal lines
+
+
+def _reference_styles(curves: pd.DataFrame, references: list[str]) -> dict[str, object]:
+    """A grey line style per reference: those with one step (a threshold does not adapt) get solid, dotted,
+    dash-dotted... lines; those that adapt (``scratch``) are dashed curves."""
+    adapts = curves.groupby("algo")["step"].nunique() > 1
+    constant = iter(CONSTANT_STYLES * len(references))
+    return {name: "--" if adapts[name] else next(constant) for name in references}
+
+
+def _reference_lines(ax: plt.Axes, panel: pd.DataFrame, styles: dict[str, object], steps: tuple[int, int]) -> None:
+    """The panel's references in grey, beneath the algorithms: a horizontal line at its mean for one that does
+    not adapt, else its curve over the steps; each named at its right end, names pushed apart where lines are
+    close (an algorithm on a reference's line hides the line, not the name)."""
+    ends = []
+    for name, style in styles.items():
+        mine = panel[panel["algo"] == name].sort_values("step")
+        if mine.empty:
+            continue
+        if len(mine) == 1:
+            x, y = np.array(steps), np.repeat(mine["mean"].to_numpy(), 2)
+        else:
+            x, y = mine["step"].to_numpy(), mine["mean"].to_numpy()
+        ax.plot(x, y, color=REFERENCE_GREY, ls=style, lw=1.2, zorder=1)
+        ends.append((y[-1], name))
+    placed = -1.0
+    for y, name in sorted(ends):
+        placed = max(y, placed + LABEL_GAP)
+        ax.text(steps[1], placed + 0.01, name.removesuffix(REFERENCE_SUFFIX), ha="right", va="bottom", fontsize=7, color="0.3")
+
+
+LABEL_GAP = 0.065  # IoU between two reference names on a panel of height 1
 
 
 def load_example(path: Path) -> dict[str, np.ndarray]:
