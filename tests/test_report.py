@@ -116,6 +116,7 @@ def test_every_table_and_plot_is_written(report):
         "report.md", "tables/leave_one_line_out.md", "tables/leave_one_line_out.csv", "tables/per_holdout.md",
         "tables/per_holdout.csv", "tables/paired.md", "tables/paired.csv", "tables/published.md",
         "tables/published.csv", "tables/adaptation_curves.csv", "tables/k_effect.md", "tables/k_effect.csv",
+        "tables/best_reference.md", "tables/best_reference.csv",
         "plots/held_out_bars.png",
         "plots/adaptation_curves.png", "plots/examples_A172_k1.png", "plots/examples_A172_k3.png",
         "plots/examples_MCF7_k1.png", "plots/examples_MCF7_k3.png",

@@ -29,6 +29,7 @@ UNIT_COLUMNS = ("run_id", "algo", "holdout", "k", "seed", "line", "role", "unit"
 IMAGE, EPISODE = "image", "episode"  # statistical units: a test image, or (records without images.csv) an episode
 ROLES = ("held-out", "seen")
 BASELINE = "finetune"
+PROTOCOLS = ("seed", "tuned")  # the algorithm's own adaptation; at the rate selected on validation data
 PER_RUN = POOLED  # what may differ between the runs of one report: the grid, an algorithm's own options, provenance
 
 
@@ -135,17 +136,19 @@ def _methods(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(algo=frame["algo"].where(own, frame["method"] + REFERENCE_SUFFIX))
 
 
-def _once(frame: pd.DataFrame, position: str) -> pd.DataFrame:
-    """References are the same for every run of one (held-out line, k, seed): keep each of their rows once."""
+def _once(frame: pd.DataFrame, *position: str) -> pd.DataFrame:
+    """References are the same for every run of one (held-out line, k, seed): keep each of their rows once.
+    ``position``: the columns that place a row within a run (its episode, or its image)."""
     reference = frame["algo"].str.endswith(REFERENCE_SUFFIX)
-    keys = ["algo", "holdout", "k", "seed", "line", "role", position, "step"]
+    keys = ["algo", "holdout", "k", "seed", "line", "role", *position, "step"]
     kept = frame[reference].drop_duplicates(subset=keys, keep="first")
     return pd.concat([frame[~reference], kept], ignore_index=True)
 
 
-def _final(frame: pd.DataFrame) -> pd.Series:
-    """Each run's and method's last adaptation step (a classical reference has only step 0)."""
-    return frame["step"] == frame.groupby(["run_id", "algo"])["step"].transform("max")
+def _final(frame: pd.DataFrame, *within: str) -> pd.Series:
+    """Each run's and method's last adaptation step (a classical reference has only step 0); ``within``: columns
+    that part a run's records further (the dataset of an evaluation)."""
+    return frame["step"] == frame.groupby(["run_id", "algo", *within])["step"].transform("max")
 
 
 def load_episodes(runs: pd.DataFrame, protocol: str = "seed") -> pd.DataFrame:
@@ -227,3 +230,52 @@ def load_units(runs: pd.DataFrame, episodes: pd.DataFrame, protocol: str = "seed
 def unit_kind(units: pd.Series) -> str:
     """``image`` when every unit is a test image, else ``episode`` (some records predate per-image rows)."""
     return IMAGE if units.str.startswith(IMAGE + " ").all() else EPISODE
+
+
+EVALUATIONS, EVALUATION_FILE = "evaluations", "observations.csv.gz"  # <run>/evaluations/<tag>/, by `evaluate`
+OBSERVATION_COLUMNS = ("algo", "holdout", "k", "seed", "line", "role", "episode", "image_id", "step", "iou")
+EVALUATION_UNIT_COLUMNS = ("evaluated_on", "protocol", *UNIT_COLUMNS)
+
+
+def load_evaluation_units(runs: pd.DataFrame) -> pd.DataFrame:
+    """The statistical units of every evaluation of ``runs`` on other data (``python -m benchmark evaluate``):
+    as :func:`load_units`, one row per (run, evaluation, protocol, method, line, test image, step) with the
+    image's mean IoU over its query crops and their count as ``weight``; ``evaluated_on`` is the evaluation's
+    tag (its folder). References are kept once per (tag, held-out line, k, seed), so they must have scored the
+    same crops in every run they come from (:func:`_same_crops`)."""
+    frames = []
+    for run in runs.itertuples():
+        for path in sorted(Path(run.folder, EVALUATIONS).glob(f"*/{EVALUATION_FILE}")):
+            for protocol in PROTOCOLS:
+                frame = _read_records(path, protocol, OBSERVATION_COLUMNS)
+                if frame is not None and len(frame):
+                    frames.append(_image_means(frame).assign(run_id=run.run_id, evaluated_on=path.parent.name, protocol=protocol))
+    if not frames:
+        return pd.DataFrame(columns=[*EVALUATION_UNIT_COLUMNS, "final"])
+    units = pd.concat(frames, ignore_index=True)
+    _same_crops(units)
+    units = _once(units, "evaluated_on", "protocol", "unit")
+    units["final"] = _final(units, "evaluated_on", "protocol")
+    return units[[*EVALUATION_UNIT_COLUMNS, "final"]]
+
+
+def _image_means(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per-crop rows of one evaluation to per-image units, with each line's episode count."""
+    keys = ["algo", "holdout", "k", "seed", "line", "role", "image_id", "step"]
+    units = frame.groupby(keys, as_index=False).agg(iou=("iou", "mean"), weight=("iou", "size"))
+    units["unit"] = IMAGE + " " + units["image_id"].astype(str)
+    return units.join(frame.groupby("line")["episode"].nunique().rename("episodes"), on="line").astype({"weight": float})
+
+
+def _same_crops(units: pd.DataFrame) -> None:
+    """Refuse evaluations under one tag whose references scored different crops in different runs (other
+    ``evaluate`` options): the algorithms would not be paired with the references kept."""
+    reference = units[units["algo"].str.endswith(REFERENCE_SUFFIX)]
+    keys = ["evaluated_on", "protocol", "algo", "holdout", "k", "seed", "line", "unit", "step"]
+    crops = reference.groupby(keys)["weight"].nunique()
+    if (crops > 1).any():
+        tag, _, _, holdout, k, seed, line, *_ = crops[crops > 1].index[0]
+        raise DataError(
+            f"evaluations {tag!r}: runs held out {holdout}, k={k}, seed {seed} scored different crops of {line} "
+            "(evaluated with other options); evaluate them alike, or give each its own --tag"
+        )

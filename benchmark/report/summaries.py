@@ -47,14 +47,15 @@ def _weighted_mean(group: pd.DataFrame) -> float:
     return float((group["iou"] * group["weight"]).sum() / group["weight"].sum())
 
 
-def cell_summary(units: pd.DataFrame) -> pd.DataFrame:
-    """One row per algorithm x k x held-out line x evaluated line: final-step mean IoU, 95% CI, step-0 mean."""
-    columns = [*CELL_KEYS, "mean", "low", "high", "seeds", "images", "episodes", "step0"]
+def cell_summary(units: pd.DataFrame, keys: list[str] = CELL_KEYS) -> pd.DataFrame:
+    """One row per algorithm x k x held-out line x evaluated line (and any other ``keys``): final-step mean IoU,
+    95% CI, step-0 mean."""
+    columns = [*keys, "mean", "low", "high", "seeds", "images", "episodes", "step0"]
     if units.empty:
         return pd.DataFrame(columns=columns)
     final = units[units["final"]]
-    summary = final.groupby(CELL_KEYS).apply(_interval_columns, include_groups=False)
-    step0 = units[units["step"] == 0].groupby(CELL_KEYS).apply(_weighted_mean, include_groups=False).rename("step0")
+    summary = final.groupby(keys).apply(_interval_columns, include_groups=False)
+    step0 = units[units["step"] == 0].groupby(keys).apply(_weighted_mean, include_groups=False).rename("step0")
     summary = summary.join(step0).reset_index()
     return summary.astype({"seeds": int, "images": int, "episodes": int})[columns]
 
@@ -96,6 +97,47 @@ def paired_differences(units: pd.DataFrame, threshold: float = PRACTICAL_DIFFERE
         return pd.DataFrame(columns=["algo", "k", "line", *COMPARISON_COLUMNS])
     pairs["diff"] = pairs["iou"] - pairs["iou_base"]
     return _compare(pairs, ["algo", "k", "line"], ["algo", "k"], threshold)
+
+
+def is_reference(algos: pd.Series) -> pd.Series:
+    return algos.str.endswith(REFERENCE_SUFFIX)
+
+
+def best_references(cells: pd.DataFrame, where: list[str]) -> pd.DataFrame:
+    """Per ``where``, the reference with the highest mean IoU in ``cells``: chosen on the very episodes it is
+    compared on, so it is a floor to clear, not a method one could have picked in advance."""
+    references = cells[is_reference(cells["algo"])]
+    if references.empty:
+        return pd.DataFrame(columns=[*where, "reference", "reference_mean"])
+    best = references.loc[references.groupby(where)["mean"].idxmax(), [*where, "algo", "mean"]]
+    return best.rename(columns={"algo": "reference", "mean": "reference_mean"}).reset_index(drop=True)
+
+
+def best_reference_differences(
+    units: pd.DataFrame, cells: pd.DataFrame, where: list[str], family: list[str], threshold: float = PRACTICAL_DIFFERENCE,
+) -> pd.DataFrame:
+    """Each algorithm minus the best reference of its cell (:func:`best_references` per ``where``), paired per
+    (seed, test image) on identical crops, with the mean IoU of both beside the difference; Holm across the
+    cells of each ``family``; below ``threshold``, "no difference"."""
+    columns = ["algo", *where, "reference", "reference_mean", "algo_mean", *COMPARISON_COLUMNS]
+    best = best_references(cells, where)
+    final = units[units["final"]]
+    own = final[~is_reference(final["algo"])].merge(best[[*where, "reference"]], on=where)
+    reference = final.rename(columns={"algo": "reference", "iou": "iou_reference"})[[*where, "reference", "seed", "unit", "iou_reference"]]
+    pairs = own.merge(reference, on=[*where, "reference", "seed", "unit"])
+    if pairs.empty:
+        return pd.DataFrame(columns=columns)
+    pairs["diff"] = pairs["iou"] - pairs["iou_reference"]
+    table = _compare(pairs, ["algo", *where, "reference"], family, threshold).merge(best, on=[*where, "reference"])
+    means = cells[["algo", *where, "mean"]].rename(columns={"mean": "algo_mean"})
+    return table.merge(means, on=["algo", *where])[columns]
+
+
+def held_out_against_best_reference(units: pd.DataFrame, cells: pd.DataFrame, threshold: float = PRACTICAL_DIFFERENCE) -> pd.DataFrame:
+    """:func:`best_reference_differences` on the held-out line, per (k, held-out line), Holm across the lines of
+    each algorithm and k, as the paired table against the baseline."""
+    held = units[units["role"] == "held-out"]
+    return best_reference_differences(held, cells[cells["role"] == "held-out"], ["k", "line"], ["algo", "k"], threshold)
 
 
 def k_differences(units: pd.DataFrame, threshold: float = PRACTICAL_DIFFERENCE) -> pd.DataFrame:
