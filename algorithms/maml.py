@@ -48,6 +48,14 @@ from algorithms.registry import register
 from tasks.batch import TaskBatch
 
 
+def multi_step_weights(steps: int, span: int, meta_step: int) -> list[float]:
+    """MAML++'s multi-step loss weights of the query losses after inner steps 1..n at ``meta_step``: 1/n each
+    at first, annealed linearly over ``span`` meta-steps to the last step alone (``span`` 0: the last from the
+    start; one step: that step alone). One formula for ``maml``'s option and ``maml++``."""
+    early = max(0.0, 1.0 - meta_step / span) / steps if span and steps > 1 else 0.0
+    return [early] * (steps - 1) + [1.0 - (steps - 1) * early]
+
+
 @register("maml")
 class MAML(Algorithm):
     """Second-order MAML. ``checkpoint_inner``: true, false, or how many of the first inner steps
@@ -130,11 +138,7 @@ class MAML(Algorithm):
 
     def step_weights(self, meta_step: int) -> list[float]:
         """Weights of the query losses after inner steps 1..n at ``meta_step`` (the last one only when off)."""
-        n = self.adaptation.steps
-        if not self.multi_step_loss or n < 2:
-            return [0.0] * (n - 1) + [1.0]
-        early = max(0.0, 1 - meta_step / self.multi_step_loss) / n
-        return [early] * (n - 1) + [1 - early * (n - 1)]
+        return multi_step_weights(self.adaptation.steps, self.multi_step_loss, meta_step)
 
     def _auto_task_batching(self, per_task):
         return "loop" if self.recomputed_steps else super()._auto_task_batching(per_task)

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from algorithms.adaptation import Adaptation
 from algorithms.base import Algorithm, MetaState, Params
+from algorithms.maml import multi_step_weights
 from algorithms.models import Model
 from algorithms.registry import register
 from tasks.batch import TaskBatch
@@ -103,9 +104,7 @@ class MAMLPlusPlus(Algorithm):
 
     def loss_weights(self, s: int) -> list[float]:
         """The multi-step loss's weight of the query loss after inner steps 1..n at meta-step ``s``."""
-        n, span = self.inner_steps, self.multi_step_loss_steps
-        early = max(0.0, 1.0 - s / span) / n if span else 0.0
-        return [early] * (n - 1) + [1.0 - (n - 1) * early]
+        return multi_step_weights(self.inner_steps, self.multi_step_loss_steps, s)
 
     def outer_rate(self, s: int) -> float:
         """The cosine-annealed outer rate of meta-step ``s``."""

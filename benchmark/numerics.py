@@ -15,7 +15,7 @@ import hashlib
 from pathlib import Path
 
 NUMERICS_VERSION = 3
-FINGERPRINT = "a18e1e6d332b14e7"
+FINGERPRINT = "521b174fb1a74d89"
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = (

@@ -46,11 +46,18 @@ class RunResult:
     rate_selection: RateSelection | None = None
     wall_s: float = 0.0
     peak_mem_mb: float = 0.0
+    flops: tuple[tuple[int, int, int], ...] = ()  # (first, end, FLOPs each) of the meta-steps: bench.flops.flop_schedule
 
     @property
     def passes(self) -> int:
         """Forward-backward passes spent in meta-training (the budget the baselines are matched on)."""
         return sum(entry["passes"] for entry in self.train_log)
+
+    @property
+    def train_flops(self) -> int:
+        """FLOPs of meta-training (convolutions and matrix products): a budget that, unlike ``passes``, counts the
+        second derivatives of second-order meta-gradients."""
+        return sum((end - first) * flops for first, end, flops in self.flops)
 
     @property
     def episodes(self) -> pd.DataFrame:
@@ -225,6 +232,8 @@ def _run(config, resume, on_checkpoint, progress) -> RunResult:
         observations, manifests, examples = evaluate_protocols(config, data, algo, state, device, progress, selection)
     except FloatingPointError as err:
         raise RunFailed(f"test-time adaptation diverged: {err}") from None
+    from benchmark.bench.flops import flop_schedule  # counted last: it draws no number the run depends on
+
     return RunResult(
         config=config,
         observations=observations,
@@ -236,4 +245,5 @@ def _run(config, resume, on_checkpoint, progress) -> RunResult:
         rate_selection=selection,
         wall_s=time.perf_counter() - started,
         peak_mem_mb=peak_memory_mb(device),
+        flops=flop_schedule(config, device),
     )

@@ -12,7 +12,9 @@ Layout of ``<results>/runs/<run-id>/``:
 - ``examples.npz``       images, truth and predictions of one held-out episode, for the report's example grid
 - ``checkpoint.pt``      the meta-state, saved periodically during meta-training (resume) and at the end
 - ``attempts.json``      when each process that worked on the run started (a resumed run has several)
-- ``summary.json``       written last: its presence with status "completed" is what marks a run finished
+- ``summary.json``       written last: its presence with status "completed" is what marks a run finished; also
+                         the budget spent: ``passes``, ``wall_s``, ``train_flops`` and ``flops_per_step`` (the FLOPs
+                         of each meta-step, as ``[first, end, FLOPs each]`` pieces)
 
 Every run id includes the numerics version (:mod:`benchmark.numerics`); a stored run whose configuration
 records another version was computed by other code and is stale (:func:`is_current`).
@@ -188,6 +190,8 @@ class Store:
                 "attempts": len(self.attempts(config.run_id)),
                 "peak_mem_mb": round(result.peak_mem_mb, 1),
                 "passes": result.passes,
+                "train_flops": result.train_flops,
+                "flops_per_step": [list(piece) for piece in result.flops],  # [first, end, FLOPs each]
                 "error": None,
                 **headline,
             },

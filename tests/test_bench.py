@@ -180,6 +180,29 @@ def test_measure_returns_finite_consistent_numbers(synthetic_root):
         bench.measure({"fomaml": variants["fomaml"]}, repeats=1, warmup=0, compare_higher=True, memory=False)
 
 
+def test_bench_reports_each_variants_collapse_detector_before_and_after_adapting(synthetic_root):
+    from rich.console import Console
+
+    from benchmark.commands.bench import tables
+    from benchmark.evaluation import scored_steps
+
+    config = smoke(synthetic_root, algo="fomaml")
+    variants = {"fomaml": config, "maml:init_foreground=0.999999": bench.apply_variant(config, "maml", {"init_foreground": 0.999999})}
+    result = bench.measure(variants, repeats=1, warmup=0, memory=False)
+    plain, all_cell = result["collapse"]["fomaml"], result["collapse"]["maml:init_foreground=0.999999"]
+    algo = build(config)
+    episodes = bench.evaluation_batch(config, open_livecell(config.data_root), config.eval_batch)
+    _, logits, _ = next(scored_steps(algo, algo.init_state(algo.model.init(config.seed)), episodes))  # step 0
+    before = (logits > 0).double().mean()
+    assert plain["foreground_before"] == pytest.approx(float(before)) and 0 <= plain["foreground_after"] <= 1
+    assert plain["threshold"] == 0.95 and plain["episodes"] == all_cell["episodes"] == config.eval_batch
+    assert all_cell["foreground_before"] > 0.95 and all_cell["before"] == config.eval_batch  # an output bias of logit 13.8
+    console = Console(width=200, record=True)
+    for table in tables(result | {"settings": result["settings"] | {"preset": "smoke"}}):  # as the command sets it
+        console.print(table)
+    assert f"{all_cell['before']} -> {all_cell['after']} of {config.eval_batch}" in console.export_text()
+
+
 def test_a_variant_that_runs_out_of_memory_is_reported_not_timed(synthetic_root, monkeypatch):
     """On a GPU, vmap over many second-order tasks can need more than the card has (the paper preset's MAML over
     5 tasks did on a 139 GiB H200): that variant's row says so, the others are timed as usual."""

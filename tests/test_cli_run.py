@@ -159,6 +159,7 @@ def test_sweep_runs_a_grid_on_identical_episodes_and_resumes(synthetic_root, tmp
     assert "estimated time:" in out and "sweep finished in" in out
     summaries = Store(tmp_path).summaries()
     assert sorted(s["config"]["algo"] for s in summaries) == ["finetune", "fomaml"]
+    assert all(s["flops_per_step"] == [[0, 2, s["train_flops"] // 2]] and s["train_flops"] > 0 for s in summaries)
     manifests = [
         (tmp_path / "runs" / s["run_id"] / "manifests.json.gz").read_bytes() for s in summaries
     ]
@@ -181,6 +182,7 @@ def test_sweep_runs_a_grid_on_identical_episodes_and_resumes(synthetic_root, tmp
     assert (tmp_path / "tables" / "leave_one_line_out.csv").is_file()
     assert (tmp_path / "plots" / "held_out_bars.png").stat().st_size > 0
     assert set(pd.read_csv(tmp_path / "tables" / "budget_curves.csv").algo) == {"fomaml", "finetune"}  # smoke: every 2 steps
+    assert len(pd.read_csv(tmp_path / "tables" / "budget_equal_flops.csv")) == 2 and "At equal FLOPs" in index
 
 
 # -- what a newcomer hits (issue 10): errors, records that should not exist, attempts -------------------------------

@@ -464,11 +464,13 @@ def test_budget_curves_come_from_the_training_logs_and_say_whether_a_ranking_hel
              "wall_s": [0, 1, 2, 3, 4], "val_iou_0": [0.1, None, 0.2, None, 0.3],
              "val_iou_n": [0.2, None, early, None, late]}
         ).to_csv(folder / "train_log.csv", index=False)
+        (folder / "summary.json").write_text(json.dumps({"flops_per_step": [[0, 4, 10]]}))
         rows.append({"algo": algo, "holdout": "MCF7", "k": 3, "seed": 0, "folder": folder})
     rows.append({"algo": "maml", "holdout": "MCF7", "k": 3, "seed": 0, "folder": tmp_path / "absent"})  # no log
     points = budget.budget_points(pd.DataFrame(rows))
     assert sorted(points[points.algo == "reptile"].step) == [0, 2, 4]
     assert points[(points.algo == "reptile") & (points.step == 4)].passes.item() == 44  # passes spent so far
+    assert points[(points.algo == "reptile") & (points.step == 4)].flops.item() == 40  # and FLOPs
     (said,) = budget.ranking_at_half(points)
     assert said == "MCF7, k = 3, seed 0: final order reptile > finetune (step 4); at step 2 it was finetune > reptile"
     assert budget.plot(points, tmp_path / "budget.png").stat().st_size > 0

@@ -20,6 +20,8 @@ from benchmark.bench.memory import MEMORY_METHODS, meta_step_memory
 from benchmark.bench.timing import interleave, medians, round_ratios
 from benchmark.bench.workload import adapt_and_score, baseline_pass, evaluation_batch, one_by_one
 from benchmark.config import RunConfig
+from benchmark.evaluation import evaluate
+from benchmark.observations import HELD_OUT, collapse, per_episode
 from benchmark.runner import build, device_of, meta_batch
 from tasks.batch import TaskBatch
 from tasks.livecell import LiveCell, open_livecell
@@ -80,8 +82,9 @@ def measure(
     and evaluation episodes. With ``compare_higher``, second-order MAML through ``higher`` runs in the same
     rounds (label ``maml (higher)``) and its meta-gradient is checked against the first ``maml`` variant's.
 
-    Returns plain data (JSON-ready): ``settings``, ``baseline`` (B), ``meta_steps`` (one row per variant),
-    ``evaluation``, ``data``, ``higher`` (or None), ``times`` (every timed call, one row each).
+    Returns plain data (JSON-ready): ``settings``, ``collapse`` (per variant, the collapse detector on the
+    evaluation episodes), ``baseline`` (B), ``meta_steps`` (one row per variant), ``evaluation``, ``data``,
+    ``higher`` (or None), ``times`` (every timed call, one row each).
     """
     if not variants:
         raise ValueError("no variants to measure")
@@ -115,6 +118,7 @@ def measure(
     median = medians(times)
     return {
         "settings": _settings(work, repeats, warmup, [load_before, load_after], memory),
+        "collapse": _collapse(work, rows),
         "baseline": {
             "seconds": float(median["B"]),
             "images": work.batch.tasks * variants[work.first].k,
@@ -216,6 +220,27 @@ def _settings(work: Workload, repeats: int, warmup: int, load_average: list[floa
         "image_size": list(work.batch.support_x.shape[-2:]),
         "parameters": sum(p.numel() for p in work.params.values()),
     }
+
+
+def _collapse(work: Workload, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each timed variant's collapse detector (:func:`benchmark.observations.collapse`) on the evaluation episodes,
+    adapted from the variant's initial meta-state (bench meta-trains nothing, so it tells whether adaptation from
+    the start already marks everything as cell): episodes predicted more than 95% cell before and after adapting,
+    and the mean fraction of query pixels predicted cell."""
+    found = {}
+    for row in rows:
+        label = row["variant"]
+        if row["error"] is not None or label not in work.variants:
+            continue
+        config = work.variants[label]
+        plan = [(config.holdout, HELD_OUT, config.eval_batch)]
+        records, _, _ = evaluate(config, work.data, work.algos[label], work.states[label], work.device, None, plan=plan, references=False)
+        episodes = per_episode(records)
+        fraction = episodes.groupby("step").predicted_foreground.mean()
+        found[label] = collapse(episodes) | {
+            "foreground_before": float(fraction.iloc[0]), "foreground_after": float(fraction.iloc[-1]),
+        }
+    return found
 
 
 def _evaluation(work: Workload, times: pd.DataFrame, episodes: TaskBatch) -> dict[str, Any]:

@@ -135,7 +135,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def tables(result: dict) -> list[Table]:
-    """The bench result for people: meta-steps against B, then throughput, the higher check and the estimate."""
+    """The bench result for people: meta-steps against B, the collapse detector, then throughput, the higher check
+    and the estimate."""
     s = result["settings"]
     height, width = s["image_size"]
     caption = (
@@ -172,6 +173,30 @@ def tables(result: dict) -> list[Table]:
             f"{row['flops_to_n1B']:.2f}", memory,
         )
 
+    return [steps, collapse_table(result), throughput_table(result, caption)]
+
+
+def collapse_table(result: dict) -> Table:
+    """Each variant's collapse detector: how much of the query images it predicts as cell before and after
+    adapting, from its initial meta-state, on the evaluation episodes."""
+    from benchmark.observations import COLLAPSE_FOREGROUND
+
+    table = Table(
+        "variant", "predicted cell, before -> after", f"episodes > {COLLAPSE_FOREGROUND:.0%} cell, before -> after",
+        title="collapse detector",
+        caption=escape(
+            f"{result['evaluation']['episodes']} held-out evaluation episodes adapted from each variant's initial "
+            "meta-state (bench trains nothing): the mean fraction of query pixels predicted cell; a model near 100% "
+            "scores what the all-foreground reference does, whatever it has learnt"
+        ),
+    )
+    for label, c in result["collapse"].items():
+        table.add_row(label, f"{c['foreground_before']:.0%} -> {c['foreground_after']:.0%}", f"{c['before']} -> {c['after']} of {c['episodes']}")
+    return table
+
+
+def throughput_table(result: dict, caption: str) -> Table:
+    """Evaluation and sampling throughput, the higher check and the sweep estimate."""
     other = Table("measure", "value", title="throughput and estimate", caption=caption)
     ev, data = result["evaluation"], result["data"]
     other.add_row(f"evaluation, {ev['episodes']} episodes adapted together", f"{ev['batched_eps_per_s']:.2f} episodes/s")
@@ -195,4 +220,4 @@ def tables(result: dict) -> list[Table]:
         other.add_row(f"sweep estimate: {sweep['runs']} runs, one after another", format_duration(sweep["seconds"]))
         for row in sweep["per_run"]:
             other.add_row(f"  one {row['algo']} run, k={row['k']} ({row['source']})", format_duration(row["seconds"]))
-    return [steps, other]
+    return other

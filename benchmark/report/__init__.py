@@ -84,20 +84,8 @@ def build_report(results: Path, out: Path, threshold: float = PRACTICAL_DIFFEREN
         old.unlink()
     written.append(plots.held_out_bars(cells, out / PLOTS / "held_out_bars.png"))
     written.append(plots.adaptation_curves(curves, out / PLOTS / "adaptation_curves.png"))
-    points = budget.budget_points(runs)
-    budget_section = ["## Budget curves\n", "No run in this folder recorded budget points (`budget_every`).\n"]
-    if len(points):
-        written += [_csv(out / TABLES / "budget_curves.csv", points),
-                    budget.plot(points, out / PLOTS / "budget_curves.png")]
-        held = budget.ranking_at_half(points)
-        budget_section = [
-            "## Budget curves\n",
-            "Validation IoU after adaptation (episodes of the meta-training lines' val split, never the held-out line) "
-            "along meta-training, mean over held-out lines and seeds: does a ranking hold with less budget? "
-            f"[CSV]({TABLES}/budget_curves.csv) (with forward-backward passes spent).\n",
-            f"![Budget curves]({PLOTS}/budget_curves.png)\n",
-            *([("At half the budget: " + "; ".join(held) + ".\n")] if held else []),
-        ]
+    budget_section, files = budget.section(runs, out, TABLES, PLOTS, _csv)
+    written += files
     examples = []
     for line in [line for line in LINE_ORDER if line in set(runs["holdout"])]:
         for k in sorted(runs[runs["holdout"] == line]["k"].unique()):
