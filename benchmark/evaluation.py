@@ -20,7 +20,7 @@ from algorithms.adaptation import Adaptation
 from algorithms.losses import iou
 from algorithms.state import move_state
 from benchmark.config import RunConfig
-from benchmark.numerics import fingerprint
+from benchmark.numerics import current_fingerprint
 from benchmark.observations import HELD_OUT, SCRATCH, SEEN, foreground_fraction, record_rows, record_table
 from benchmark.references import CLASSICAL
 from benchmark.validation import RateSelection
@@ -90,9 +90,9 @@ def reference_scores(config: RunConfig, algo: Algorithm, scratch: MetaState, bat
 def reference_key(config: RunConfig, scratch: MetaState, batch: TaskBatch) -> str:
     """sha256 of what the references of a batch are computed from: the episodes' tensors, the untrained
     parameters, the shared protocol (steps, rate, loss), the threads and device, torch's version and the code
-    that computes them (:func:`benchmark.numerics.fingerprint`)."""
+    that computes them (:func:`benchmark.numerics.current_fingerprint`)."""
     digest = hashlib.sha256()
-    settings = (code_fingerprint(), torch.__version__, config.inner_steps, config.inner_lr, config.loss, config.threads, str(batch.support_x.device))
+    settings = (current_fingerprint(), torch.__version__, config.inner_steps, config.inner_lr, config.loss, config.threads, str(batch.support_x.device))
     digest.update(repr(settings).encode())
     tensors = [batch.support_x, batch.support_y, batch.query_x, batch.query_y]
     tensors += [scratch.params[name] for name in sorted(scratch.params)]
@@ -100,11 +100,6 @@ def reference_key(config: RunConfig, scratch: MetaState, batch: TaskBatch) -> st
         digest.update(repr((tuple(tensor.shape), str(tensor.dtype))).encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:32]
-
-
-@functools.cache
-def code_fingerprint() -> str:
-    return fingerprint()
 
 
 def example_arrays(batch: TaskBatch, logits: torch.Tensor) -> dict[str, np.ndarray]:

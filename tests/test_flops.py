@@ -60,6 +60,20 @@ def test_the_schedule_is_counted_once_per_configuration_whatever_the_line_and_se
     assert flop_schedule(dataclasses.replace(config, holdout="BV-2", seed=3)) == flop_schedule(config)
 
 
+
+def test_another_process_reads_the_schedule_from_the_cache_folder(monkeypatch):
+    """Each run of a sweep is its own process: the schedule counted by the first is read back by the others."""
+    from benchmark.bench import flops
+
+    config = smoke("reptile", meta_steps=4)
+    counted = flop_schedule(config)
+    monkeypatch.setattr(flops, "_SCHEDULES", {})  # a fresh process
+    monkeypatch.setattr(flops, "_count_schedule", lambda *_: pytest.fail("counted again"))
+    assert flop_schedule(dataclasses.replace(config, holdout="A172")) == counted
+    monkeypatch.setattr(flops, "_SCHEDULES", {})
+    monkeypatch.setattr(flops, "_count_schedule", lambda *_: [(0, 5, 7)])
+    assert flop_schedule(dataclasses.replace(config, meta_steps=5)) == ((0, 5, 7),)  # another configuration, counted
+
 def write_run(folder, config, val_iou_n, summary_extra=None):
     """A run folder as the store leaves it: summary.json and a train_log.csv with budget points every 2 steps."""
     folder.mkdir(parents=True)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -57,8 +59,25 @@ def flop_schedule(config: RunConfig, device: torch.device | str = "cpu") -> tupl
     found by bisection (a handful of counted meta-steps, on ``device``)."""
     key = dataclasses.replace(config, holdout=RunConfig.holdout, seed=RunConfig.seed, device="cpu", threads=1)
     if key not in _SCHEDULES:
-        _SCHEDULES[key] = tuple(_count_schedule(config, torch.device(device)))
+        _SCHEDULES[key] = _cached_on_disk(key, lambda: _count_schedule(config, torch.device(device)))
     return _SCHEDULES[key]
+
+
+def _cached_on_disk(key: RunConfig, count: Callable[[], list[Piece]]) -> tuple[Piece, ...]:
+    """Counting takes seconds to a minute (maml++: 14 meta-steps), and every run of a sweep in its own process
+    would count again: the schedule is kept in the cache folder, under a hash of the configuration and the code
+    (:func:`benchmark.numerics.current_fingerprint`), whose change is what could change it."""
+    from benchmark.numerics import current_fingerprint
+    from tasks.cache import atomic_write, cache_root
+
+    name = hashlib.sha256(repr((current_fingerprint(), key.to_dict())).encode()).hexdigest()[:32]
+    path = cache_root() / "flops" / f"{name}.json"
+    try:
+        return tuple(tuple(piece) for piece in json.loads(path.read_text()))
+    except (OSError, ValueError):
+        pieces = tuple(tuple(piece) for piece in count())
+        atomic_write(path, lambda f: f.write(json.dumps(pieces).encode()))
+        return pieces
 
 
 def stored_schedule(settings: dict[str, Any]) -> tuple[Piece, ...]:
