@@ -39,10 +39,11 @@ CANDIDATES = {
     "adam_short_clip": {"outer_beta2": 0.95, "clip_norm": 1.0},
     "multi_step": {"multi_step_loss": 50},
     "init_fg+adam_short_clip": {"init_foreground": 0.35, "outer_beta2": 0.95, "clip_norm": 1.0},
+    "adam_short_clip0.1": {"outer_beta2": 0.95, "clip_norm": 0.1},
 }
 STAGES = {
     "screen": {"holdouts": ["MCF7"], "ks": [1], "seeds": [0], "candidates": list(CANDIDATES)},
-    "confirm": {"holdouts": ["MCF7", "BV-2"], "ks": [1], "seeds": [0, 1, 2], "candidates": ["maml", "init_fg"]},
+    "confirm": {"holdouts": ["MCF7", "BV-2"], "ks": [3], "seeds": [0, 1, 2], "candidates": ["adam_short_clip0.1"]},
 }
 CUT = "--seen-episodes 0 --eval-episodes 16 --adapt-rates none --budget-every 25"
 LEARNS_MARGIN, COLLAPSED_FG = 0.05, 0.95
