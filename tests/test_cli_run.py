@@ -64,6 +64,7 @@ def test_run_writes_complete_tidy_records_and_skips_a_repeat(synthetic_root, tmp
     assert examples["image"].shape == examples["truth"].shape == examples["prediction"].shape == (2, 32, 32)
     out = capsys.readouterr().out
     assert "held-out IoU after 2 steps" in out and "otsu-texture (ref.)" in out and "scratch (ref.)" in out
+    assert f"meta-training FLOPs (counted per configuration) {summary['train_flops'] / 1e9:.3g} GFLOP" in " ".join(out.split())
 
     mtime = (folder / "summary.json").stat().st_mtime_ns
     assert main(args) == 0

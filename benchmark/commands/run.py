@@ -91,6 +91,11 @@ def summary_table(summary: dict) -> Table:
     return table
 
 
+def flop_text(flops: float) -> str:
+    """FLOPs in the unit that keeps three significant digits readable: 1.43 TFLOP, 18.2 GFLOP."""
+    return f"{flops / 1e12:.2f} TFLOP" if flops >= 1e12 else f"{flops / 1e9:.3g} GFLOP"
+
+
 def facts_table(summary: dict) -> Table:
     config = summary["config"]
     table = Table(show_header=False, box=None)
@@ -106,6 +111,8 @@ def facts_table(summary: dict) -> Table:
     table.add_row("wall time", f"{summary['wall_s']:.1f} s")
     table.add_row("peak memory (process RSS)" if config["device"] == "cpu" else "peak GPU memory", f"{summary['peak_mem_mb']:.0f} MB")
     table.add_row("meta-training forward-backward passes", f"{summary['passes']:,}")
+    if summary.get("train_flops"):
+        table.add_row("meta-training FLOPs (counted per configuration)", flop_text(summary["train_flops"]))
     return table
 
 
