@@ -62,8 +62,18 @@ def test_whole_images_add_instance_ap_beside_its_reference(smoke_run, two_per_li
     assert evaluate(smoke_run, "--data-root", str(two_per_line), "--episodes", "2", "--k", "1", "--whole-images") == 0
     episodes, summary, folder = records(smoke_run, "livecell-k1-whole")
     ap = pd.read_csv(folder / "instances.csv")
-    assert len(ap) == 8 and set(ap.protocol) == {"seed", "tuned"} and ap[["ap50", "ap", "ap50_truth_mask", "ap_truth_mask"]].apply(lambda c: c.between(0, 1)).all().all()
+    own = ap[ap.method == "reptile"]
+    assert len(own) == 8 and set(own.protocol) == {"seed", "tuned"} and ap[["ap50", "ap", "ap50_truth_mask", "ap_truth_mask"]].apply(lambda c: c.between(0, 1)).all().all()
     assert (ap.ap <= ap.ap50).all()
+    references = ap[ap.method != "reptile"]  # the classical references' masks through the same instance rule, once
+    assert set(references.method) == {"all-foreground", "otsu", "otsu-texture"} and set(references.protocol) == {"seed"}
+    assert len(references) == 3 * 4
+    for line in summary["lines"]:
+        theirs = references[references.line == line["line"]]
+        for name, reference in line["references"].items():
+            if name != "scratch":
+                assert reference["ap50"] == pytest.approx(theirs[theirs.method == name].ap50.mean())
+        assert line["ap50"] == pytest.approx(own[(own.line == line["line"]) & (own.protocol == line["protocol"])].ap50.mean())
     assert summary["crop"] is None and summary["k"] == 1
     assert summary["instances"] == {"split": True, "min_distance": 4, "sigma": 1.0, "min_radius": 1.0, "min_size": 10}
     assert {"ap50", "ap", "ap50_truth_mask"} <= set(summary["lines"][0])

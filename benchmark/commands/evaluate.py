@@ -72,25 +72,34 @@ def line_splits(data, lines, forced: str | None, own_data: bool) -> dict[str, st
     return out
 
 
-def instance_collector(data, split: str, rows: list, rule: dict):
-    """``on_final`` for ``evaluation.evaluate_protocols``: each episode's instance AP over its query images, appended to ``rows``."""
+def instance_collector(data, split: str, rows: list, rule: dict, algo: str):
+    """``on_final`` for ``evaluation.evaluate_protocols``: each episode's instance AP over its query images, appended
+    to ``rows`` (one per method): the algorithm's, under each protocol, and, once, the classical references' on
+    the same images (their masks through the same instance rule), beside ``*_truth_mask``, the AP the rule draws
+    from the annotated mask itself."""
     import torch
 
+    from benchmark.evaluation import SEED_PROTOCOL
     from benchmark.instances import instance_ap, instance_scores, instances
+    from benchmark.references import CLASSICAL
+    from tasks.episodes import stack_episodes
 
     def collect(protocol, line, indices, episodes, logits):
         by_id = {info.id: info for info in data.images(line, split)}
-        probabilities = torch.sigmoid(logits[:, :, 0]).cpu().numpy()
+        methods = {algo: torch.sigmoid(logits[:, :, 0]).cpu().numpy()}
+        if protocol == SEED_PROTOCOL:  # the references do not depend on the protocol
+            batch = stack_episodes(episodes)
+            methods |= {name: (predict(batch.support_x, batch.support_y, batch.query_x)[:, :, 0] > 0).float().numpy() for name, predict in CLASSICAL.items()}
         for e, episode in enumerate(episodes):
-            predicted, from_truth, truth = [], [], []
-            for j, (image_id, (top, left, height, width)) in enumerate(episode.manifest.query):
-                labels = instances(probabilities[e, j] > 0.5, **rule)
-                predicted.append((labels, instance_scores(labels, probabilities[e, j])))
-                truth.append(data.instances(by_id[image_id])[top : top + height, left : left + width])
-                ceiling = instances(truth[-1] > 0, **rule)
-                from_truth.append((ceiling, instance_scores(ceiling, None)))
-            reference = {f"{name}_truth_mask": value for name, value in instance_ap(from_truth, truth).items()}
-            rows.append({"protocol": protocol, "line": line, "episode": indices[e], **instance_ap(predicted, truth), **reference})
+            truth = [data.instances(by_id[image_id])[top : top + height, left : left + width] for image_id, (top, left, height, width) in episode.manifest.query]
+            ceilings = [instances(mask > 0, **rule) for mask in truth]
+            ceiling = {f"{name}_truth_mask": value for name, value in instance_ap([(c, instance_scores(c, None)) for c in ceilings], truth).items()}
+            for method, probabilities in methods.items():
+                predicted = []
+                for j in range(len(truth)):
+                    labels = instances(probabilities[e, j] > 0.5, **rule)
+                    predicted.append((labels, instance_scores(labels, probabilities[e, j] if method == algo else None)))
+                rows.append({"protocol": protocol, "line": line, "episode": indices[e], "method": method, **instance_ap(predicted, truth), **ceiling})
 
     return collect
 
@@ -192,7 +201,7 @@ def evaluate_run(
             lines = [line for line in splits if splits[line] == s]
             plan = [(line, HELD_OUT if line == run.holdout else SEEN, config.eval_episodes) for line in lines]
             rows: list[dict] = []
-            collect = instance_collector(data, s, rows, rule) if whole_images else None
+            collect = instance_collector(data, s, rows, rule, run.algo) if whole_images else None
             try:
                 observations, found, _ = evaluate_protocols(
                     config, data, algo, state, device, progress, selection, on_final=collect, plan=plan, split=s
@@ -202,7 +211,7 @@ def evaluate_run(
             frames.append(observations.assign(evaluated_on=tag, split=s))
             manifests += found
             if collect and selection and not any(row["protocol"] == TUNED_PROTOCOL for row in rows):
-                rows += [{**row, "protocol": TUNED_PROTOCOL} for row in rows]  # tuned rows are the seed rows there
+                rows += [{**row, "protocol": TUNED_PROTOCOL} for row in rows if row["method"] == run.algo]  # tuned = seed there
             instance_rows += [{**row, "split": s} for row in rows]
     finally:
         torch.set_num_threads(threads)
@@ -212,7 +221,7 @@ def evaluate_run(
     write_csv(out / "observations.csv.gz", observations)
     write_csv(out / "episodes.csv.gz", per_episode(observations))
     atomic_write(out / "manifests.json.gz", lambda f: f.write(gzip.compress(json.dumps(manifests).encode(), mtime=0)))
-    instances_frame = pd.DataFrame(instance_rows, columns=["protocol", "line", "split", "episode", "ap50", "ap", "ap50_truth_mask", "ap_truth_mask"])
+    instances_frame = pd.DataFrame(instance_rows, columns=["protocol", "line", "split", "episode", "method", "ap50", "ap", "ap50_truth_mask", "ap_truth_mask"])
     if whole_images:
         write_csv(out / "instances.csv", instances_frame)
     summary = {
@@ -220,16 +229,16 @@ def evaluate_run(
         "data_root": config.data_root, "k": config.k, "crop": config.crop, "eval_queries": config.eval_queries,
         "inner_steps": config.inner_steps, "adaptation_rate": selection.rate if selection else None,
         "instances": rule if whole_images else None, "left_out": sorted(single),
-        "lines": summary_lines(observations, splits, data, run.holdout, instances_frame if whole_images else None),
+        "lines": summary_lines(observations, splits, data, run.holdout, run.algo, instances_frame if whole_images else None),
     }
     write_json(out / "summary.json", summary)
     return out, summary
 
 
-def summary_lines(observations, splits: dict[str, str], data, holdout: str, instances=None) -> list[dict]:
+def summary_lines(observations, splits: dict[str, str], data, holdout: str, algo: str, instances=None) -> list[dict]:
     """Per line and protocol: the algorithm's IoU before and after adaptation, with a 95% interval whose units are
     the query images (:func:`benchmark.stats.mean_ci`), and the same for each reference on the same episodes; AP
-    (intervals over episodes) where whole images were scored."""
+    (intervals over episodes) of the algorithm and of the classical references where whole images were scored."""
     from benchmark.observations import HELD_OUT, SEEN
     from benchmark.stats import mean_ci
     from benchmark.store import per_image
@@ -245,6 +254,13 @@ def summary_lines(observations, splits: dict[str, str], data, holdout: str, inst
             "iou_step0": float((step0.iou * step0.crops).sum() / step0.crops.sum()),
         }
 
+    def aps(rows) -> dict:
+        out = {}
+        for name in ("ap50", "ap"):
+            interval = mean_ci(rows[name].dropna())
+            out |= {name: interval.mean, f"{name}_ci": [max(0.0, interval.low), min(1.0, interval.high)]}  # AP lies in [0, 1]
+        return out
+
     out = []
     for protocol in observations.protocol.unique():
         for line, split in splits.items():
@@ -256,10 +272,11 @@ def summary_lines(observations, splits: dict[str, str], data, holdout: str, inst
                 "references": {name: scores(group) for name, group in references.groupby("method", sort=False)},
             }
             if instances is not None:
-                aps = instances[(instances.line == line) & (instances.protocol == protocol)]
-                for name in ("ap50", "ap"):
-                    interval = mean_ci(aps[name].dropna())
-                    row |= {name: interval.mean, f"{name}_ci": [interval.low, interval.high], f"{name}_truth_mask": float(aps[f"{name}_truth_mask"].mean())}
+                here = instances[instances.line == line]
+                ours = here[(here.method == algo) & (here.protocol == protocol)]
+                row |= aps(ours) | {f"{name}_truth_mask": float(ours[f"{name}_truth_mask"].mean()) for name in ("ap50", "ap")}
+                for name, group in here[here.method != algo].groupby("method", sort=False):
+                    row["references"][name] |= aps(group)
             out.append(row)
     return out
 
@@ -288,5 +305,6 @@ def result_table(summary: dict):
             continue  # the references do not depend on the protocol
         for name, ref in row["references"].items():
             where = f"{row['line']} ({row['split']}, {row['images']})"
-            table.add_row(where, row["role"], f"{name} (ref.)", "", str(row["episodes"]), f"{ref['iou_step0']:.3f}", interval(ref, "iou"), *([""] * 3 if whole else []))
+            ap = [interval(ref, "ap50"), interval(ref, "ap"), ""] if "ap50" in ref else [""] * 3
+            table.add_row(where, row["role"], f"{name} (ref.)", "", str(row["episodes"]), f"{ref['iou_step0']:.3f}", interval(ref, "iou"), *(ap if whole else []))
     return table
