@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.report import budget, evaluations, plots, tables
-from benchmark.report.records import BASELINE, IMAGE, REFERENCE_SUFFIX, completed_runs, load_episodes, load_units, stale_runs, unit_kind
+from benchmark.report import budget, evaluations, headline, plots, tables
+from benchmark.report.headline import rank_changes
+from benchmark.report.records import (
+    BASELINE, IMAGE, REFERENCE_SUFFIX, collapse_counts, completed_runs, load_episodes, load_units, stale_runs, unit_kind,
+)
 from benchmark.report.summaries import (
     LINE_ORDER, adaptation_curves, algo_order, cell_summary, held_out_against_best_reference, k_differences, ordered,
     paired_differences,
@@ -86,6 +89,7 @@ def build_report(results: Path, out: Path, threshold: float = PRACTICAL_DIFFEREN
     written.append(plots.adaptation_curves(curves, out / PLOTS / "adaptation_curves.png"))
     budget_section, files = budget.section(runs, out, TABLES, PLOTS, _csv)
     written += files
+    held = budget.ranking_at_half(budget.budget_points(runs))  # for the findings (the logs read again; FLOPs cached)
     examples = []
     for line in [line for line in LINE_ORDER if line in set(runs["holdout"])]:
         for k in sorted(runs[runs["holdout"] == line]["k"].unique()):
@@ -94,11 +98,21 @@ def build_report(results: Path, out: Path, threshold: float = PRACTICAL_DIFFEREN
                 examples.append((line, int(k), grid))
     written += [grid for _, _, grid in examples]
 
-    elsewhere, files = evaluations.report(runs, out, TABLES, threshold)  # runs scored on other datasets (`evaluate`)
+    elsewhere, files, elsewhere_methods = evaluations.report(runs, out, TABLES, threshold)  # runs scored on other datasets (`evaluate`)
     written += files
+    counts = collapse_counts(runs)
+    if len(counts):
+        written += [_write(out / TABLES / "collapse.md", "# Collapsed runs\n\n" + tables.collapse(counts)), _csv(out / TABLES / "collapse.csv", counts)]
+    headline_section = ["## Headline\n", "No run in this folder recorded the tuned protocol (`adapt_rates`): no headline table and no findings.\n"]
+    if tuned_cells is not None:
+        headline_md, headline_csv = headline.headline(tuned_units, tuned_cells, runs, threshold)
+        facts = {"seed_cells": cells, "tuned_cells": tuned_cells, "k_pairs": k_pairs, "counts": counts, "methods": elsewhere_methods, "held": held}
+        written += [_write(out / TABLES / "headline.md", headline_md), _csv(out / TABLES / "headline.csv", headline_csv),
+                    _write(out / TABLES / "findings.md", "# Findings\n\n" + headline.findings(**facts, to=""))]
+        headline_section = _headline_section(headline_md, headline.findings(**facts, to=TABLES + "/"))
     tuned_section = _tuned_section(cells, tuned_cells, tuned_md)
     index = _index(results, runs, records, units, threshold, lolo_md, published_md, examples, out, paired=len(pairs) > 0, stale=stale_counts,
-                   tuned_section=tuned_section + budget_section)
+                   tuned_section=tuned_section + budget_section, headline_section=headline_section)
     written.append(_write(out / "report.md", index + elsewhere))
     return written
 
@@ -115,27 +129,26 @@ def _against_best_reference(measured: dict, threshold: float) -> pd.DataFrame:
     return table[["protocol", *table.columns.drop("protocol")]]
 
 
-def rank_changes(seed_cells: pd.DataFrame, tuned_cells: pd.DataFrame) -> list[str]:
-    """Held-out cells (line, k) where the algorithms' order by mean IoU differs between the seed and the tuned
-    protocol (references left out), as "MCF7, k = 3: reptile > finetune becomes finetune > reptile"."""
-    def orders(cells):
-        held = cells[(cells["role"] == "held-out") & ~cells["algo"].str.endswith(REFERENCE_SUFFIX)]
-        return {key: list(group.sort_values("mean", ascending=False)["algo"]) for key, group in held.groupby(["holdout", "k"])}
-
-    seed, tuned = orders(seed_cells), orders(tuned_cells)
-    return [
-        f"{line}, k = {k}: {' > '.join(seed[line, k])} becomes {' > '.join(tuned[line, k])}"
-        for line, k in sorted(seed.keys() & tuned.keys())
-        if seed[line, k] != tuned[line, k]
-    ]
-
-
 def _stale_note(stale: dict[str, int]) -> str:
     if not stale:
         return ""
     found = ", ".join(f"{n} of numerics version {version}" for version, n in sorted(stale.items()))
     return (f" ({sum(stale.values())} stale run(s) left out: {found}; today's is {NUMERICS_VERSION}; "
             "rerun them with `python -m benchmark sweep`)")
+
+
+def _headline_section(headline_md: str, findings_md: str) -> list[str]:
+    return [
+        "## Headline\n",
+        "The README's results table, embedded there verbatim (a test compares the two). "
+        f"[Markdown]({TABLES}/headline.md), [CSV]({TABLES}/headline.csv) (each column's best entry with its paired "
+        "difference to the runner-up).\n",
+        headline_md,
+        "## Findings\n",
+        "Sentences generated from the tables they name; only those whose data these records hold. "
+        f"[Markdown]({TABLES}/findings.md).\n",
+        findings_md,
+    ]
 
 
 def _tuned_section(cells, tuned_cells, tuned_md) -> list[str]:
@@ -155,7 +168,7 @@ def _tuned_section(cells, tuned_cells, tuned_md) -> list[str]:
 
 
 def _index(results, runs, records, units, threshold, lolo_md, published_md, examples, out: Path, paired: bool,
-           stale: dict[str, int], tuned_section: list[str]) -> str:
+           stale: dict[str, int], tuned_section: list[str], headline_section: list[str]) -> str:
     """``report.md``: what was measured, the headline table inline, links to everything else."""
     steps = sorted(records.loc[records["final"], "step"].unique())
     preset = ", ".join(f"`{p}`" for p in sorted(set(map(str, runs["preset"]))))
@@ -189,6 +202,7 @@ def _index(results, runs, records, units, threshold, lolo_md, published_md, exam
         "map) and `scratch` (the untrained initialisation adapted with the same protocol). An algorithm at or below "
         "the best of them has learnt nothing that a threshold or a few gradient steps on the support images do not "
         "give. Runs recorded before references were have none.\n",
+        *headline_section,
         "## Leave one line out\n",
         "Each column is a run with that line held out of meta-training; the cell is IoU on that line.\n",
         lolo_md,

@@ -128,11 +128,12 @@ def _holds(rows: pd.DataFrame) -> str:
     return f"{shape.capitalize()}; {held}."
 
 
-def report(runs: pd.DataFrame, out: Path, tables: str, threshold: float = PRACTICAL_DIFFERENCE) -> tuple[str, list[Path]]:
-    """The index section and the files (Markdown and CSV under ``out/tables``); nothing where no run was evaluated."""
+def report(runs: pd.DataFrame, out: Path, tables: str, threshold: float = PRACTICAL_DIFFERENCE) -> tuple[str, list[Path], pd.DataFrame]:
+    """The index section, the files (Markdown and CSV under ``out/tables``) and the tidy headline table
+    (:func:`by_method`, for the report's findings); nothing where no run was evaluated."""
     rows = evaluation_rows(runs)
     if rows.empty:
-        return "", []
+        return "", [], by_method(pd.DataFrame())
     folder = Path(out) / tables
     folder.mkdir(parents=True, exist_ok=True)
     methods = by_method(load_evaluation_units(runs), threshold)
@@ -168,4 +169,4 @@ def report(runs: pd.DataFrame, out: Path, tables: str, threshold: float = PRACTI
         f"[CSV]({tables}/evaluations.csv).\n\n" + table
     )
     written = [folder / "evaluated_elsewhere.md", folder / "evaluated_elsewhere.csv", folder / "evaluations.md", folder / "evaluations.csv"]
-    return section, written
+    return section, written, methods

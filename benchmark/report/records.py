@@ -18,6 +18,7 @@ import pandas as pd
 
 from benchmark.config import POOLED
 from benchmark.numerics import NUMERICS_VERSION
+from benchmark.observations import collapsed
 from tasks.catalogue import LINES
 from tasks.errors import DataError
 
@@ -91,6 +92,26 @@ def completed_runs(results: Path) -> pd.DataFrame:
     runs = pd.DataFrame(rows, columns=["run_id", "algo", "holdout", "k", "seed", "preset", "data", "folder"])
     _check_one_setting(runs, settings, results)
     return runs
+
+
+COLLAPSE_COLUMNS = ["run_id", "algo", "holdout", "k", "seed", "before", "after", "episodes", "collapsed"]
+
+
+def collapse_counts(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run whose summary counts collapsed held-out episodes (``observations.collapse``, seed protocol):
+    before and after adaptation, of how many, and whether the run collapsed (``observations.collapsed``)."""
+    rows = []
+    for run in runs.itertuples():
+        path = Path(run.folder) / "summary.json"
+        summary = json.loads(path.read_text())
+        found = summary.get("collapse")
+        if found:
+            try:
+                counts = [int(found[key]) for key in ("before", "after", "episodes")]
+            except (KeyError, TypeError, ValueError):
+                raise DataError(f"{path}: collapse must count before, after and episodes, got {found!r}") from None
+            rows.append([run.run_id, run.algo, run.holdout, run.k, run.seed, *counts, collapsed(summary)])
+    return pd.DataFrame(rows, columns=COLLAPSE_COLUMNS)
 
 
 def _check_one_setting(runs: pd.DataFrame, settings: dict[Path, dict], results: Path) -> None:

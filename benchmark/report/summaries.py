@@ -140,6 +140,24 @@ def held_out_against_best_reference(units: pd.DataFrame, cells: pd.DataFrame, th
     return best_reference_differences(held, cells[cells["role"] == "held-out"], ["k", "line"], ["algo", "k"], threshold)
 
 
+def leader_differences(units: pd.DataFrame, cells: pd.DataFrame, where: list[str], threshold: float = PRACTICAL_DIFFERENCE) -> pd.DataFrame:
+    """Per ``where``, the method with the highest mean IoU in ``cells`` (references included) minus the runner-up,
+    paired per (seed, test image) on identical crops: what a "best" mark has to rest on, beyond the ranking of
+    two means. Each block is its own family (no Holm); cells with one method have no row."""
+    columns = [*where, "algo", "runner_up", *COMPARISON_COLUMNS]
+    ranked = cells.sort_values("mean", ascending=False, kind="stable")
+    rank = ranked.groupby(where).cumcount()
+    top = ranked[rank == 0][[*where, "algo"]].merge(
+        ranked[rank == 1][[*where, "algo"]].rename(columns={"algo": "runner_up"}), on=where)
+    final = units[units["final"]]
+    runner_up = final.rename(columns={"algo": "runner_up", "iou": "iou_runner_up"})[[*where, "runner_up", "seed", "unit", "iou_runner_up"]]
+    pairs = final.merge(top, on=[*where, "algo"]).merge(runner_up, on=[*where, "runner_up", "seed", "unit"])
+    if pairs.empty:
+        return pd.DataFrame(columns=columns)
+    pairs["diff"] = pairs["iou"] - pairs["iou_runner_up"]
+    return _compare(pairs, [*where, "algo", "runner_up"], where, threshold)[columns]
+
+
 def k_differences(units: pd.DataFrame, threshold: float = PRACTICAL_DIFFERENCE) -> pd.DataFrame:
     """The effect of k: each algorithm's held-out IoU at its largest k minus its smallest, per held-out line.
 

@@ -166,3 +166,11 @@ def published(cells: pd.DataFrame) -> tuple[str, pd.DataFrame]:
         "this benchmark: these runs, MCF7 held out [95% CI]",
     ]
     return markdown(header, rows, right_from=2), table
+
+
+def collapse(counts: pd.DataFrame) -> str:
+    """One row per run: held-out episodes predicted nearly all cell before and after adaptation (seed protocol)."""
+    rows = [[r.algo, str(r.k), r.holdout, str(r.seed), str(r.before), str(r.after), str(r.episodes), "yes" if r.collapsed else "no"]
+            for r in ordered(counts).itertuples()]
+    header = ["algorithm", "k", "held-out line", "seed", "collapsed episodes before adapting", "after", "of episodes", "run collapsed"]
+    return markdown(header, rows, right_from=3)
