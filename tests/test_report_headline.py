@@ -183,8 +183,9 @@ def test_the_elsewhere_finding_names_the_best_reference_and_the_largest_differen
 
 
 def test_the_budget_finding_counts_the_orders_that_already_held():
-    held = ["MCF7, k = 3, seed 0: final order reptile > maml (step 100); at step 50 it already held",
-            "A172, k = 3, seed 0: final order reptile > maml (step 100); at step 50 it was maml > reptile"]
+    held = [{"line": "MCF7", "k": 3, "seed": 0, "last": 100, "half": 50, "final": ["reptile", "maml"], "early": ["reptile", "maml"]},
+            {"line": "A172", "k": 3, "seed": 0, "last": 100, "half": 50, "final": ["reptile", "maml"], "early": ["maml", "reptile"]}]
     said = headline.budget_finding(held, "")
-    assert "already the final one on 1 of 2" in said and "it differed on A172, k = 3, seed 0" in said
+    assert "already the final one on 1 of 2" in said
+    assert "it differed on A172, k = 3, seed 0 (at step 50: maml > reptile; final: reptile > maml)" in said
     assert headline.budget_finding([], "") is None

@@ -89,7 +89,7 @@ def build_report(results: Path, out: Path, threshold: float = PRACTICAL_DIFFEREN
     written.append(plots.adaptation_curves(curves, out / PLOTS / "adaptation_curves.png"))
     budget_section, files = budget.section(runs, out, TABLES, PLOTS, _csv)
     written += files
-    held = budget.ranking_at_half(budget.budget_points(runs))  # for the findings (the logs read again; FLOPs cached)
+    held = budget.orders_at_half(budget.budget_points(runs))  # for the findings (the logs read again; FLOPs cached)
     examples = []
     for line in [line for line in LINE_ORDER if line in set(runs["holdout"])]:
         for k in sorted(runs[runs["holdout"] == line]["k"].unique()):

@@ -73,16 +73,24 @@ def _order(at: pd.DataFrame) -> list[str]:
     return list(at.sort_values("val_iou_n", ascending=False, kind="stable")["algo"])
 
 
-def ranking_at_half(points: pd.DataFrame) -> list[str]:
-    """For each (held-out line, k, seed) with two or more algorithms: whether their order by validation IoU at the
-    budget point nearest half the final meta-step is already the final order."""
-    said = []
+def orders_at_half(points: pd.DataFrame) -> list[dict]:
+    """For each (held-out line, k, seed) with two or more algorithms: their order by validation IoU at the last
+    budget point (``final``, at ``last``) and at the point nearest half of it (``early``, at ``half``)."""
+    orders = []
     for (line, k, seed), group in _compared(points):
         last = group["step"].max()
         half = group.loc[(group["step"] - last / 2).abs().idxmin(), "step"]
-        final, early = _order(group[group["step"] == last]), _order(group[group["step"] == half])
-        verdict = "already held" if early == final else f"was {' > '.join(early)}"
-        said.append(f"{line}, k = {k}, seed {seed}: final order {' > '.join(final)} (step {last}); at step {half} it {verdict}")
+        orders.append({"line": line, "k": k, "seed": seed, "last": last, "half": half,
+                       "final": _order(group[group["step"] == last]), "early": _order(group[group["step"] == half])})
+    return orders
+
+
+def ranking_at_half(orders: list[dict]) -> list[str]:
+    """:func:`orders_at_half` in words: whether the order at half the budget is already the final one."""
+    said = []
+    for o in orders:
+        verdict = "already held" if o["early"] == o["final"] else f"was {' > '.join(o['early'])}"
+        said.append(f"{o['line']}, k = {o['k']}, seed {o['seed']}: final order {' > '.join(o['final'])} (step {o['last']}); at step {o['half']} it {verdict}")
     return said
 
 
@@ -143,7 +151,7 @@ def section(runs: pd.DataFrame, out: Path, tables: str, plots: str, write_csv: C
     equal = at_equal_flops(points)
     written = [write_csv(out / tables / "budget_curves.csv", points), write_csv(out / tables / "budget_equal_flops.csv", equal),
                plot(points, out / plots / "budget_curves.png")]
-    half, flops = ranking_at_half(points), ranking_at_equal_flops(equal)
+    half, flops = ranking_at_half(orders_at_half(points)), ranking_at_equal_flops(equal)
     return [
         "## Budget curves\n",
         "Validation IoU after adaptation (episodes of the meta-training lines' val split, never the held-out line) "

@@ -185,15 +185,16 @@ def elsewhere_finding(methods: pd.DataFrame, to: str) -> list[str]:
     return said
 
 
-def budget_finding(held: list[str], to: str) -> str | None:
-    """Whether the order at half the meta-training budget is the final one, from :func:`budget.ranking_at_half`'s
-    sentences (one per held-out line, k and seed; those that end "already held" kept the final order)."""
-    if not held:
+def budget_finding(orders: list[dict], to: str) -> str | None:
+    """Whether the order at half the meta-training budget is the final one (:func:`budget.orders_at_half`: one per
+    held-out line, k and seed)."""
+    if not orders:
         return None
-    differed = [said for said in held if not said.endswith("already held")]
-    tail = ("; it differed on " + "; ".join(differed)) if differed else ""
+    differed = [o for o in orders if o["early"] != o["final"]]
+    tail = ("; it differed on " + "; ".join(f"{o['line']}, k = {o['k']}, seed {o['seed']} (at step {o['half']}: "
+            f"{' > '.join(o['early'])}; final: {' > '.join(o['final'])})" for o in differed)) if differed else ""
     return (f"At half the meta-training budget, the algorithms' order by validation IoU was already the final one on "
-            f"{len(held) - len(differed)} of {len(held)} (held-out line, k, seed) combinations{tail} " + _link(to, "budget_curves.csv") + ".")
+            f"{len(orders) - len(differed)} of {len(orders)} (held-out line, k, seed) combinations{tail} " + _link(to, "budget_curves.csv") + ".")
 
 
 def findings(seed_cells, tuned_cells, k_pairs, counts, methods, held: list[str], to: str) -> str:
