@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from algorithms import Algorithm, MetaState, load_checkpoint, save_checkpoint
 from benchmark.config import RunConfig
@@ -61,6 +62,16 @@ def is_current(summary: dict) -> bool:
     return summary.get("numerics_version") == NUMERICS_VERSION
 
 
+def cpu_model() -> str:
+    """The processor's name: CPU results differ in their last bits between processors, and 100 meta-steps can
+    amplify that into another answer (docs/performance.md), so a number names its machine."""
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or "unknown CPU"
+
+
 def provenance(device: str) -> dict[str, Any]:
     """What produced a run: package versions, the git commit, the machine and device."""
     versions = {}
@@ -79,7 +90,7 @@ def provenance(device: str) -> dict[str, Any]:
         "packages": versions,
         "git_commit": commit,
         "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "machine": f"{cpu_model()} ({torch.backends.cpu.get_cpu_capability()} kernels), {platform.machine()}, {os.cpu_count()} CPUs",
         "device": device,  # the torch threads a run used are its setting `threads`
     }
 

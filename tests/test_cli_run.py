@@ -291,3 +291,17 @@ def test_the_runs_torch_threads_are_set_recorded_and_restored(synthetic_root, tm
     recorded = json.loads((store.run_dir(config.run_id) / "config.json").read_text())
     assert recorded["threads"] == 2
     assert smoke(synthetic_root, threads=1).run_id != smoke(synthetic_root, threads=2).run_id
+
+
+def test_provenance_names_the_processor_and_its_kernels():
+    """CPU results differ in their last bits between processors (AVX2 vs AVX-512 kernels), which meta-training
+    can amplify into another answer: a run's provenance says which it ran on."""
+    import os
+
+    import torch
+
+    from benchmark.store import cpu_model, provenance
+
+    machine = provenance("cpu")["machine"]
+    assert machine.startswith(cpu_model()) and f"({torch.backends.cpu.get_cpu_capability()} kernels)" in machine
+    assert machine.endswith(f"{os.cpu_count()} CPUs")
