@@ -471,6 +471,6 @@ def test_budget_curves_come_from_the_training_logs_and_say_whether_a_ranking_hel
     assert sorted(points[points.algo == "reptile"].step) == [0, 2, 4]
     assert points[(points.algo == "reptile") & (points.step == 4)].passes.item() == 44  # passes spent so far
     assert points[(points.algo == "reptile") & (points.step == 4)].flops.item() == 40  # and FLOPs
-    (said,) = budget.ranking_at_half(points)
+    (said,) = budget.ranking_at_half(budget.orders_at_half(points))
     assert said == "MCF7, k = 3, seed 0: final order reptile > finetune (step 4); at step 2 it was finetune > reptile"
     assert budget.plot(points, tmp_path / "budget.png").stat().st_size > 0

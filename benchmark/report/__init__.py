@@ -108,7 +108,8 @@ def build_report(results: Path, out: Path, threshold: float = PRACTICAL_DIFFEREN
         headline_md, headline_csv = headline.headline(tuned_units, tuned_cells, runs, threshold)
         facts = {"seed_cells": cells, "tuned_cells": tuned_cells, "k_pairs": k_pairs, "counts": counts, "methods": elsewhere_methods, "held": held}
         written += [_write(out / TABLES / "headline.md", headline_md), _csv(out / TABLES / "headline.csv", headline_csv),
-                    _write(out / TABLES / "findings.md", "# Findings\n\n" + headline.findings(**facts, to=""))]
+                    _write(out / TABLES / "findings.md", "# Findings\n\n" + headline.findings(**facts, to="")),
+                    _write(out / README_BLOCK, headline_md + "\n" + headline.findings(**facts, to=f"{out.as_posix()}/{TABLES}/"))]
         headline_section = _headline_section(headline_md, headline.findings(**facts, to=TABLES + "/"))
     tuned_section = _tuned_section(cells, tuned_cells, tuned_md)
     index = _index(results, runs, records, units, threshold, lolo_md, published_md, examples, out, paired=len(pairs) > 0, stale=stale_counts,
@@ -118,6 +119,7 @@ def build_report(results: Path, out: Path, threshold: float = PRACTICAL_DIFFEREN
 
 
 TUNED = "tuned"
+README_BLOCK = "readme.md"  # the README's results block: the headline table and the findings, links from the repository root
 
 
 def _against_best_reference(measured: dict, threshold: float) -> pd.DataFrame:
