@@ -116,6 +116,8 @@ def records_iou(folder: Path, config: RunConfig) -> float:
     held = records[(records["line"] == config.holdout) & (records["step"] == config.inner_steps)]
     if "protocol" in held:
         held = held[held["protocol"] == "seed"]
+    if "reference" in held:  # the references' rows (scratch has step n too) are not the run's
+        held = held[~held["reference"]]
     return float(held["iou"].mean())
 
 
