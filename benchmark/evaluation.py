@@ -20,6 +20,7 @@ from algorithms.adaptation import Adaptation
 from algorithms.losses import iou
 from algorithms.state import move_state
 from benchmark.config import RunConfig
+from benchmark.machine import processor
 from benchmark.numerics import current_fingerprint
 from benchmark.observations import HELD_OUT, SCRATCH, SEEN, foreground_fraction, record_rows, record_table
 from benchmark.references import CLASSICAL
@@ -89,10 +90,15 @@ def reference_scores(config: RunConfig, algo: Algorithm, scratch: MetaState, bat
 
 def reference_key(config: RunConfig, scratch: MetaState, batch: TaskBatch) -> str:
     """sha256 of what the references of a batch are computed from: the episodes' tensors, the untrained
-    parameters, the shared protocol (steps, rate, loss), the threads and device, torch's version and the code
-    that computes them (:func:`benchmark.numerics.current_fingerprint`)."""
+    parameters and the model that applies them (its settings: normalisation leaves the parameters alike), the
+    shared protocol (steps, rate, loss), the threads, the device and processor (their kernels differ in the last
+    bits), torch's version and the code that computes them (:func:`benchmark.numerics.current_fingerprint`)."""
     digest = hashlib.sha256()
-    settings = (current_fingerprint(), torch.__version__, config.inner_steps, config.inner_lr, config.loss, config.threads, str(batch.support_x.device))
+    device = batch.support_x.device
+    settings = (
+        current_fingerprint(), torch.__version__, sorted(config.part("model").items()), config.inner_steps, config.inner_lr,
+        config.loss, config.threads, str(device), processor(device),
+    )
     digest.update(repr(settings).encode())
     tensors = [batch.support_x, batch.support_y, batch.query_x, batch.query_y]
     tensors += [scratch.params[name] for name in sorted(scratch.params)]

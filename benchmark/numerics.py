@@ -16,7 +16,7 @@ import hashlib
 from pathlib import Path
 
 NUMERICS_VERSION = 3
-FINGERPRINT = "513f8989467ebda8"
+FINGERPRINT = "990b12fbeb866250"
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = (

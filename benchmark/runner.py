@@ -234,6 +234,11 @@ def _run(config, resume, on_checkpoint, progress) -> RunResult:
         raise RunFailed(f"test-time adaptation diverged: {err}") from None
     from benchmark.bench.flops import flop_schedule  # counted last: it draws no number the run depends on
 
+    try:
+        flops = flop_schedule(config, device)
+    except (RuntimeError, OSError, MemoryError, ValueError, TypeError):
+        flops = ()  # a finished run is not lost to its FLOP count; the report counts it from the configuration
+
     return RunResult(
         config=config,
         observations=observations,
@@ -245,5 +250,5 @@ def _run(config, resume, on_checkpoint, progress) -> RunResult:
         rate_selection=selection,
         wall_s=time.perf_counter() - started,
         peak_mem_mb=peak_memory_mb(device),
-        flops=flop_schedule(config, device),
+        flops=flops,
     )

@@ -38,6 +38,7 @@ import torch
 
 from algorithms import Algorithm, MetaState, load_checkpoint, save_checkpoint
 from benchmark.config import RunConfig
+from benchmark.machine import processor
 from benchmark.numerics import NUMERICS_VERSION
 from benchmark.runner import RunResult
 from tasks.cache import atomic_write, remove_temporaries
@@ -62,16 +63,6 @@ def is_current(summary: dict) -> bool:
     return summary.get("numerics_version") == NUMERICS_VERSION
 
 
-def cpu_model() -> str:
-    """The processor's name: CPU results differ in their last bits between processors, and 100 meta-steps can
-    amplify that into another answer (docs/performance.md), so a number names its machine."""
-    try:
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
-    except OSError:
-        names = []
-    return names[0] if names else platform.processor() or "unknown CPU"
-
-
 def provenance(device: str) -> dict[str, Any]:
     """What produced a run: package versions, the git commit, the machine and device."""
     versions = {}
@@ -90,7 +81,7 @@ def provenance(device: str) -> dict[str, Any]:
         "packages": versions,
         "git_commit": commit,
         "python": platform.python_version(),
-        "machine": f"{cpu_model()} ({torch.backends.cpu.get_cpu_capability()} kernels), {platform.machine()}, {os.cpu_count()} CPUs",
+        "machine": f"{processor(torch.device('cpu'))}, {platform.machine()}, {os.cpu_count()} CPUs",
         "device": device,  # the torch threads a run used are its setting `threads`
     }
 

@@ -300,7 +300,8 @@ def test_provenance_names_the_processor_and_its_kernels():
 
     import torch
 
-    from benchmark.store import cpu_model, provenance
+    from benchmark.machine import cpu_model
+    from benchmark.store import provenance
 
     machine = provenance("cpu")["machine"]
     assert machine.startswith(cpu_model()) and f"({torch.backends.cpu.get_cpu_capability()} kernels)" in machine

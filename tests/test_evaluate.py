@@ -167,3 +167,20 @@ def test_sweep_evaluates_each_run_where_the_dataset_annotates_its_held_out_line(
     assert "1 finished ones to evaluate" in " ".join(capsys.readouterr().out.split())
     assert (runs["MCF7"] / "evaluations" / "livecell" / "summary.json").is_file()
     assert (runs["MCF7"] / "summary.json").read_text() == before  # evaluated, not rerun
+
+
+def test_a_failed_evaluation_leaves_the_finished_run_completed(synthetic_root, two_per_line, tmp_path, monkeypatch):
+    """`sweep --evaluate-on`: the run is stored before its evaluation starts, so an evaluation that fails is
+    reported beside a completed run, not as a failed run."""
+    from benchmark.commands import evaluate as evaluate_command
+    from benchmark.config import resolve
+    from benchmark.executors import execute_in_worker
+
+    def diverges(*args, **kwargs):
+        raise FloatingPointError("adaptation diverged")
+
+    monkeypatch.setattr(evaluate_command, "evaluate_run", diverges)
+    config = resolve("smoke", algo="reptile", holdout="MCF7", k=1, data_root=str(synthetic_root))
+    summary = execute_in_worker(config, tmp_path, False, (str(two_per_line),))
+    assert summary["status"] == "completed" and summary["evaluation_error"] == "FloatingPointError: adaptation diverged"
+    assert json.loads((tmp_path / "runs" / config.run_id / "summary.json").read_text())["status"] == "completed"

@@ -61,12 +61,15 @@ def test_the_schedule_is_counted_once_per_configuration_whatever_the_line_and_se
 
 
 
-def test_another_process_reads_the_schedule_from_the_cache_folder(monkeypatch):
+def test_another_process_reads_the_schedule_from_the_cache_folder(monkeypatch, tmp_path):
     """Each run of a sweep is its own process: the schedule counted by the first is read back by the others."""
     from benchmark.bench import flops
 
+    monkeypatch.setenv("FEWSHOT_CELLSEG_CACHE", str(tmp_path))  # its made-up schedule stays out of the session's cache
+    monkeypatch.setattr(flops, "_SCHEDULES", {})
     config = smoke("reptile", meta_steps=4)
     counted = flop_schedule(config)
+    assert len(list((tmp_path / "flops").glob("*.json"))) == 1
     monkeypatch.setattr(flops, "_SCHEDULES", {})  # a fresh process
     monkeypatch.setattr(flops, "_count_schedule", lambda *_: pytest.fail("counted again"))
     assert flop_schedule(dataclasses.replace(config, holdout="A172")) == counted

@@ -126,7 +126,7 @@ def test_the_references_are_the_same_for_every_algorithm_and_served_from_the_cac
     from benchmark.runner import prepare
     from tasks.episodes import stack_episodes
 
-    answers = {}
+    answers, keys, computing = {}, set(), []
     for name in algorithms.available():
         config = resolve("smoke", algo=name, holdout="MCF7", data_root=str(synthetic_root))
         _, data, algo = prepare(config)
@@ -136,7 +136,11 @@ def test_the_references_are_the_same_for_every_algorithm_and_served_from_the_cac
             patch.setattr(evaluation, "cache_root", lambda: __import__("pathlib").Path("/nonexistent-cache"))
             patch.setattr(evaluation, "atomic_write", lambda *args: None)
             answers[name] = evaluation.reference_scores(config, algo, scratch, batch)  # computed, not cached
-        cached = evaluation.reference_scores(config, algo, scratch, batch)  # computed by the first, read by the rest
+        keys.add(evaluation.reference_key(config, scratch, batch))
+        with monkeypatch.context() as patch:
+            if answers.keys() - {name}:  # after the first algorithm, the cache must answer: computing is an error
+                patch.setattr(evaluation, "scored_steps", lambda *args: pytest.fail("references computed again"))
+            cached = evaluation.reference_scores(config, algo, scratch, batch)  # computed by the first, read by the rest
         assert [(m, s) for m, s, _, _ in cached] == [(m, s) for m, s, _, _ in answers[name]]
         for (_, _, iou_a, fg_a), (_, _, iou_b, fg_b) in zip(cached, answers[name]):
             assert torch.equal(iou_a, iou_b) and torch.equal(fg_a, fg_b)
@@ -144,5 +148,7 @@ def test_the_references_are_the_same_for_every_algorithm_and_served_from_the_cac
     assert {m for m, _, _, _ in first} == set(REFERENCES) and max(s for _, s, _, _ in first) == config.inner_steps
     for answer in answers.values():
         assert all(torch.equal(a[2], b[2]) and torch.equal(a[3], b[3]) for a, b in zip(answer, first))
-    other = dataclasses.replace(config, inner_lr=config.inner_lr / 2)
-    assert evaluation.reference_key(other, scratch, batch) != evaluation.reference_key(config, scratch, batch)
+    assert len(keys) == 1  # one key for every algorithm: the same inputs
+    for change in ({"inner_lr": config.inner_lr / 2}, {"norm": "batch"}, {"threads": 2}):  # other references: other keys
+        other = dataclasses.replace(config, **change)
+        assert evaluation.reference_key(other, scratch, batch) != evaluation.reference_key(config, scratch, batch), change

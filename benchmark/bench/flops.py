@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -66,15 +67,17 @@ def flop_schedule(config: RunConfig, device: torch.device | str = "cpu") -> tupl
 def _cached_on_disk(key: RunConfig, count: Callable[[], list[Piece]]) -> tuple[Piece, ...]:
     """Counting takes seconds to a minute (maml++: 14 meta-steps), and every run of a sweep in its own process
     would count again: the schedule is kept in the cache folder, under a hash of the configuration and the code
-    (:func:`benchmark.numerics.current_fingerprint`), whose change is what could change it."""
+    (:func:`benchmark.numerics.current_fingerprint`), this module's source and torch's version, whose change is what
+    could change it."""
     from benchmark.numerics import current_fingerprint
     from tasks.cache import atomic_write, cache_root
 
-    name = hashlib.sha256(repr((current_fingerprint(), key.to_dict())).encode()).hexdigest()[:32]
+    counter = Path(__file__).read_bytes()  # the counting code itself, which the fingerprint does not cover
+    name = hashlib.sha256(repr((current_fingerprint(), torch.__version__, counter, key.to_dict())).encode()).hexdigest()[:32]
     path = cache_root() / "flops" / f"{name}.json"
     try:
-        return tuple(tuple(piece) for piece in json.loads(path.read_text()))
-    except (OSError, ValueError):
+        return tuple((int(first), int(end), int(flops)) for first, end, flops in json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):  # absent or unreadable: counted again
         pieces = tuple(tuple(piece) for piece in count())
         atomic_write(path, lambda f: f.write(json.dumps(pieces).encode()))
         return pieces

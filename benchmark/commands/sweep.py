@@ -220,5 +220,7 @@ def _line(config: RunConfig, summary: dict) -> str:
     low, high = summary["heldout_ci"]
     resumed = f", resumed from meta-step {summary['resumed_from']}" if summary.get("resumed_from") else ""
     evaluated = f", evaluated on {', '.join(summary['evaluations'])}" if summary.get("evaluations") else ""
+    if summary.get("evaluation_error"):
+        evaluated += f", [red]its evaluation failed[/]: {summary['evaluation_error']}"
     return (f"[green]done[/] {config.run_id}: held-out IoU {summary['heldout_iou']:.3f} [{low:.3f}, {high:.3f}] "
             f"in {summary['wall_s']:.0f} s{resumed}{evaluated}")

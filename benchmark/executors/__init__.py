@@ -53,11 +53,14 @@ def execute_in_worker(config: RunConfig, out: str | Path, force: bool, evaluate_
 
     try:
         summary = execute(config, Store(out), force=force)
-        if summary.get("status") == "completed" and evaluate_on:
-            summary["evaluations"] = evaluate_elsewhere(config, Store(out), evaluate_on, force)
-        return summary
     except Exception as err:
         return failed_summary(config, f"{type(err).__name__}: {err}")
+    if summary.get("status") == "completed" and evaluate_on:
+        try:
+            summary["evaluations"] = evaluate_elsewhere(config, Store(out), evaluate_on, force)
+        except Exception as err:  # the run stays completed and stored; only its evaluation failed
+            summary["evaluation_error"] = f"{type(err).__name__}: {err}"
+    return summary
 
 
 def evaluations_due(config: RunConfig, store, evaluate_on: tuple[str, ...], force: bool = False) -> list[str]:

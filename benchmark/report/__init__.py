@@ -87,9 +87,8 @@ def build_report(results: Path, out: Path, threshold: float = PRACTICAL_DIFFEREN
         old.unlink()
     written.append(plots.held_out_bars(cells, out / PLOTS / "held_out_bars.png"))
     written.append(plots.adaptation_curves(curves, out / PLOTS / "adaptation_curves.png"))
-    budget_section, files = budget.section(runs, out, TABLES, PLOTS, _csv)
+    budget_section, files, held = budget.section(runs, out, TABLES, PLOTS, _csv)
     written += files
-    held = budget.orders_at_half(budget.budget_points(runs))  # for the findings (the logs read again; FLOPs cached)
     examples = []
     for line in [line for line in LINE_ORDER if line in set(runs["holdout"])]:
         for k in sorted(runs[runs["holdout"] == line]["k"].unique()):

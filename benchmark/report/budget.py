@@ -29,9 +29,10 @@ EQUAL_FLOPS_COLUMNS = [*CELL, "budget_flops", "algo", "step", "flops", "val_iou_
 
 def flop_pieces(folder: Path) -> list:
     """A run's FLOPs per meta-step, ``[first, end, FLOPs each]`` pieces, as its summary records them or, for a run
-    recorded before it did, counted from its configuration (a few meta-steps, once per configuration)."""
+    recorded before it did (or that failed to count them), counted from its configuration (a few meta-steps, once
+    per configuration)."""
     summary = json.loads((Path(folder) / "summary.json").read_text())
-    if "flops_per_step" in summary:
+    if summary.get("flops_per_step"):  # absent, or empty where the run could not count them
         return summary["flops_per_step"]
     from benchmark.bench.flops import stored_schedule  # loads torch, only for such runs
 
@@ -142,16 +143,17 @@ def plot(points: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def section(runs: pd.DataFrame, out: Path, tables: str, plots: str, write_csv: Callable[[Path, pd.DataFrame], Path]) -> tuple[list[str], list[Path]]:
-    """The report's budget section (Markdown paragraphs) and the files behind it, written under ``out`` (tables
-    with the report's ``write_csv``)."""
+def section(runs: pd.DataFrame, out: Path, tables: str, plots: str, write_csv: Callable[[Path, pd.DataFrame], Path]) -> tuple[list[str], list[Path], list[dict]]:
+    """The report's budget section (Markdown paragraphs), the files behind it, written under ``out`` (tables
+    with the report's ``write_csv``), and the orders at half the budget (:func:`orders_at_half`) for the findings."""
     points = budget_points(runs)
     if not len(points):
-        return ["## Budget curves\n", "No run in this folder recorded budget points (`budget_every`).\n"], []
+        return ["## Budget curves\n", "No run in this folder recorded budget points (`budget_every`).\n"], [], []
     equal = at_equal_flops(points)
     written = [write_csv(out / tables / "budget_curves.csv", points), write_csv(out / tables / "budget_equal_flops.csv", equal),
                plot(points, out / plots / "budget_curves.png")]
-    half, flops = ranking_at_half(orders_at_half(points)), ranking_at_equal_flops(equal)
+    orders = orders_at_half(points)
+    half, flops = ranking_at_half(orders), ranking_at_equal_flops(equal)
     return [
         "## Budget curves\n",
         "Validation IoU after adaptation (episodes of the meta-training lines' val split, never the held-out line) "
@@ -163,4 +165,4 @@ def section(runs: pd.DataFrame, out: Path, tables: str, plots: str, write_csv: C
         *([("At half the budget: " + "; ".join(half) + ".\n")] if half else []),
         *([("At equal FLOPs (the largest budget every algorithm reached, each at its last point within it): "
             + "; ".join(flops) + f". [CSV]({tables}/budget_equal_flops.csv).\n")] if flops else []),
-    ], written
+    ], written, orders

@@ -197,7 +197,7 @@ def budget_finding(orders: list[dict], to: str) -> str | None:
             f"{len(orders) - len(differed)} of {len(orders)} (held-out line, k, seed) combinations{tail} " + _link(to, "budget_curves.csv") + ".")
 
 
-def findings(seed_cells, tuned_cells, k_pairs, counts, methods, held: list[str], to: str) -> str:
+def findings(seed_cells, tuned_cells, k_pairs, counts, methods, held: list[dict], to: str) -> str:
     """The findings as a Markdown list, links relative to ``to`` (the tables' folder as seen from the file);
     only sentences whose data exist."""
     said = [rank_finding(seed_cells, tuned_cells, to), k_finding(k_pairs, to), collapse_finding(counts, to),
