@@ -18,8 +18,7 @@ from benchmark.errors import RunFailed
 from benchmark.evaluation import SEED_PROTOCOL, TUNED_PROTOCOL
 from benchmark.observations import HELD_OUT, SEEN
 from benchmark.runner import RunResult, prepare, run
-from benchmark.stats import mean_ci
-from benchmark.store import Store, per_image
+from benchmark.store import Store, image_scores, per_image
 from tasks.errors import DataError
 
 
@@ -42,15 +41,13 @@ def headline(result: RunResult) -> dict[str, Any]:
 
 def _held_out(rows) -> dict[str, Any]:
     images = per_image(rows)
-    final = images[images.step == images.step.max()]
-    held = final[final.role == HELD_OUT]
-    interval = mean_ci(held.iou, units=held.image_id, weights=held.crops)
-    step0 = images[(images.step == 0) & (images.role == HELD_OUT)]
-    seen = final[final.role == SEEN]
+    held = images[images.role == HELD_OUT]
+    interval, step0 = image_scores(held)
+    seen = images[(images.role == SEEN) & (images.step == images.step.max())]
     return {
         "heldout_iou": interval.mean,
         "heldout_ci": [interval.low, interval.high],
-        "heldout_step0_iou": float(np.average(step0.iou, weights=step0.crops)),
+        "heldout_step0_iou": step0,
         "seen_iou": float(np.average(seen.iou, weights=seen.crops)) if len(seen) else None,
         "images": int(held.image_id.nunique()),
         "episodes": int(rows[rows.role == HELD_OUT].episode.nunique()),

@@ -40,6 +40,7 @@ from algorithms import Algorithm, MetaState, load_checkpoint, save_checkpoint
 from benchmark.config import RunConfig
 from benchmark.machine import processor
 from benchmark.numerics import NUMERICS_VERSION
+from benchmark.stats import Interval, mean_ci
 from benchmark.runner import RunResult
 from tasks.cache import atomic_write, remove_temporaries
 
@@ -228,3 +229,12 @@ def per_image(observations: pd.DataFrame) -> pd.DataFrame:
         values["predicted_foreground"] = ("predicted_foreground", "mean")
     keys = [c for c in observations.columns if c not in ("episode", "query", *values)]
     return observations.groupby(keys, sort=False, as_index=False).agg(**values)
+
+
+def image_scores(images: pd.DataFrame) -> tuple[Interval, float]:
+    """From :func:`per_image` rows of one method: its IoU after the last step, with a 95% interval whose units are
+    the images (weighted by their crops), and its IoU before adapting (step 0): what a run's summary and an
+    evaluation's summary state for each line."""
+    final = images[images.step == images.step.max()]
+    step0 = images[images.step == 0]
+    return mean_ci(final.iou, units=final.image_id, weights=final.crops), float(np.average(step0.iou, weights=step0.crops))

@@ -241,24 +241,21 @@ def summary_lines(observations, splits: dict[str, str], data, holdout: str, algo
     (intervals over episodes) of the algorithm and of the classical references where whole images were scored."""
     from benchmark.observations import HELD_OUT, SEEN
     from benchmark.stats import mean_ci
-    from benchmark.store import per_image
+    from benchmark.store import image_scores, per_image
+
+    def bounded(interval) -> list[float]:  # IoU and AP lie in [0, 1]; few images give wide t-intervals
+        return [max(0.0, interval.low), min(1.0, interval.high)]
 
     def scores(rows) -> dict:
         images = per_image(rows)
-        final = images[images.step == images.step.max()]
-        step0 = images[images.step == 0]
-        interval = mean_ci(final.iou, units=final.image_id, weights=final.crops)
-        bounded = [max(0.0, interval.low), min(1.0, interval.high)]  # IoU lies in [0, 1]; few images give wide t-intervals
-        return {
-            "iou": interval.mean, "iou_ci": bounded, "query_images": int(final.image_id.nunique()),
-            "iou_step0": float((step0.iou * step0.crops).sum() / step0.crops.sum()),
-        }
+        interval, step0 = image_scores(images)
+        return {"iou": interval.mean, "iou_ci": bounded(interval), "query_images": int(images.image_id.nunique()), "iou_step0": step0}
 
     def aps(rows) -> dict:
         out = {}
         for name in ("ap50", "ap"):
             interval = mean_ci(rows[name].dropna())
-            out |= {name: interval.mean, f"{name}_ci": [max(0.0, interval.low), min(1.0, interval.high)]}  # AP lies in [0, 1]
+            out |= {name: interval.mean, f"{name}_ci": bounded(interval)}
         return out
 
     out = []

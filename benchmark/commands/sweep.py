@@ -71,10 +71,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 RAY_FLAGS = {"address": None, "cpus_per_run": None, "gpus_per_run": 0.0, "retries": 2}
 
 
-def make_executor(args: argparse.Namespace, configs: list[RunConfig]) -> Executor:
+def make_executor(args: argparse.Namespace, configs: list[RunConfig], evaluate_on: tuple[str, ...] = ()) -> Executor:
     """The executor the flags ask for; a flag of the other executor is an error, not silently ignored."""
     given = [name for name in RAY_FLAGS if getattr(args, name) is not None]
-    evaluate_on = tuple(str(root) for root in args.evaluate_on)
     if args.executor == "local":
         if given:
             raise UserError(f"--{given[0].replace('_', '-')} is an option of --executor ray")
@@ -133,19 +132,21 @@ def main(args: argparse.Namespace) -> int:
     if args.print_config:
         console.print_json(json.dumps([{**config.to_dict(), "run_id": config.run_id} for config in configs]))
         return 0
-    executor = make_executor(args, configs)
+    evaluate_on = tuple(str(root) for root in args.evaluate_on)
+    executor = make_executor(args, configs, evaluate_on)
     from benchmark.store import Store
 
     store = Store(args.out)
     store.check_writable()
-    evaluate_on = tuple(str(root) for root in args.evaluate_on)
-    for root in args.evaluate_on:
+    for root in evaluate_on:
         open_livecell(root)  # a one-line error now, not one per run
-    finished = [c for c in configs if not args.force and store.is_complete(c.run_id)]
-    todo = [c for c in configs if c not in finished or evaluations_due(c, store, evaluate_on)]
+    finished = {c.run_id for c in configs if not args.force and store.is_complete(c.run_id)}
+    to_run = [c for c in configs if c.run_id not in finished]
+    to_evaluate = {c.run_id for c in configs if c.run_id in finished and evaluations_due(c, store, evaluate_on)}
+    todo = [c for c in configs if c.run_id not in finished or c.run_id in to_evaluate]  # in the grid's order
     console.print(
-        f"sweep: {len(configs)} runs, {len(finished)} already finished, {len(configs) - len(finished)} to run"
-        + (f", {len(todo) - len(configs) + len(finished)} finished ones to evaluate on {', '.join(evaluate_on)}" if evaluate_on else "")
+        f"sweep: {len(configs)} runs, {len(finished)} already finished, {len(to_run)} to run"
+        + (f", {len(to_evaluate)} finished ones to evaluate on {', '.join(evaluate_on)}" if evaluate_on else "")
     )
     started = time.perf_counter()
     results: list[dict] = []
@@ -154,8 +155,8 @@ def main(args: argparse.Namespace) -> int:
             console.print(f"executor: {args.executor}, {executor.describe()}")
             if any(c.data_root is None for c in todo):
                 prepare_default_data(progress)  # once, before the estimate and the workers need it
-            if any(c not in finished for c in todo):
-                _print_estimate(console, [c for c in todo if c not in finished], store, executor.slots)
+            if to_run:
+                _print_estimate(console, to_run, store, executor.slots)
             view = SweepView(progress, len(todo))
             with closing(executor.events(todo)) as events:
                 for event in events:

@@ -1,8 +1,9 @@
 """The README's results: the headline table (held-out IoU at k = 3, tuned protocol, references beside the
 algorithms) and the findings, sentences generated from the report's tables, each naming the table it reads.
 
-The README embeds ``tables/headline.md`` verbatim between two markers and a test compares the two, so every
-number there is one that ``report`` produces from the committed records. A column's best entry is marked only
+The README embeds ``readme.md`` (the headline table and the findings, written by ``report``) verbatim between two
+markers and a test compares the two, so every number there is one that ``report`` produces from the committed
+records. A column's best entry is marked only
 where it beats the runner-up on the same test images and seeds by more than the practical threshold
 (:func:`summaries.leader_differences`): two means a hair apart, or apart within their noise, are no ranking.
 """
