@@ -51,6 +51,7 @@ def test_small_sets_give_records_per_line_reproducibly(smoke_run, two_per_line):
     assert dict(zip(first.line, first.role)) == {"MCF7": "held-out", "BT-474": "seen"}
     assert first.groupby("line").episode.nunique().tolist() == [3, 3] and sorted(first.step.unique()) == [0, 1, 2]
     assert set(first.protocol) == {"seed", "tuned"}  # the smoke run selected an adaptation rate on validation data
+    assert set(first.run_id) == {smoke_run[1]}  # rows name the run they score, whatever --k or data the evaluation took
     assert first.drop(columns="evaluated_on").equals(second.drop(columns="evaluated_on"))
     manifests = json.loads(__import__("gzip").decompress((folder / "manifests.json.gz").read_bytes()))
     for manifest in manifests:  # k = 3 support and 2 query crops from two images: never one image for both

@@ -216,7 +216,7 @@ def evaluate_run(
     finally:
         torch.set_num_threads(threads)
 
-    observations = pd.concat(frames, ignore_index=True)
+    observations = pd.concat(frames, ignore_index=True).assign(run_id=Path(folder).name)  # the run scored, not this setting's id
     out = Path(folder) / "evaluations" / tag
     write_csv(out / "observations.csv.gz", observations)
     write_csv(out / "episodes.csv.gz", per_episode(observations))
