@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.report import budget, evaluations, headline, plots, tables
+from benchmark.report import budget, evaluations, headline, plots, settings, tables
 from benchmark.report.headline import rank_changes
 from benchmark.report.records import (
     BASELINE, IMAGE, REFERENCE_SUFFIX, collapse_counts, completed_runs, load_episodes, load_units, stale_runs, unit_kind,
@@ -99,13 +99,17 @@ def build_report(results: Path, out: Path, threshold: float = PRACTICAL_DIFFEREN
 
     elsewhere, files, elsewhere_methods = evaluations.report(runs, out, TABLES, threshold)  # runs scored on other datasets (`evaluate`)
     written += files
+    compared = settings.compare_all(results, runs, threshold)  # other settings of the grid in folders inside (results/long)
+    settings_section, files = settings.report(compared, out, TABLES, threshold)
+    written += files
     counts = collapse_counts(runs)
     if len(counts):
         written += [_write(out / TABLES / "collapse.md", "# Collapsed runs\n\n" + tables.collapse(counts)), _csv(out / TABLES / "collapse.csv", counts)]
     headline_section = ["## Headline\n", "No run in this folder recorded the tuned protocol (`adapt_rates`): no headline table and no findings.\n"]
     if tuned_cells is not None:
         headline_md, headline_csv = headline.headline(tuned_units, tuned_cells, runs, threshold)
-        facts = {"seed_cells": cells, "tuned_cells": tuned_cells, "k_pairs": k_pairs, "counts": counts, "methods": elsewhere_methods, "held": held}
+        facts = {"seed_cells": cells, "tuned_cells": tuned_cells, "k_pairs": k_pairs, "counts": counts, "methods": elsewhere_methods, "held": held,
+                 "settings": compared}
         written += [_write(out / TABLES / "headline.md", headline_md), _csv(out / TABLES / "headline.csv", headline_csv),
                     _write(out / TABLES / "findings.md", "# Findings\n\n" + headline.findings(**facts, to="")),
                     _write(out / README_BLOCK, headline_md + "\n" + headline.findings(**facts, to=f"{out.as_posix()}/{TABLES}/"))]
@@ -113,7 +117,7 @@ def build_report(results: Path, out: Path, threshold: float = PRACTICAL_DIFFEREN
     tuned_section = _tuned_section(cells, tuned_cells, tuned_md)
     index = _index(results, runs, records, units, threshold, lolo_md, published_md, examples, out, paired=len(pairs) > 0, stale=stale_counts,
                    tuned_section=tuned_section + budget_section, headline_section=headline_section)
-    written.append(_write(out / "report.md", index + elsewhere))
+    written.append(_write(out / "report.md", index + elsewhere + settings_section))
     return written
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 
 from benchmark.observations import COLLAPSE_FOREGROUND
 from benchmark.report.records import REFERENCE_SUFFIX
+from benchmark.report.settings import finding as settings_finding
 from benchmark.report.summaries import LINE_ORDER, algo_order, is_reference, leader_differences, ordered
 from benchmark.report.tables import MISSING, interval, reference_name
 from benchmark.report.tables import markdown as table_markdown
@@ -198,10 +199,10 @@ def budget_finding(orders: list[dict], to: str) -> str | None:
             f"{len(orders) - len(differed)} of {len(orders)} (held-out line, k, seed) combinations{tail} " + _link(to, "budget_curves.csv") + ".")
 
 
-def findings(seed_cells, tuned_cells, k_pairs, counts, methods, held: list[dict], to: str) -> str:
+def findings(seed_cells, tuned_cells, k_pairs, counts, methods, held: list[dict], to: str, settings=()) -> str:
     """The findings as a Markdown list, links relative to ``to`` (the tables' folder as seen from the file);
-    only sentences whose data exist."""
+    only sentences whose data exist. ``settings``: other settings of the grid (:func:`settings.compare_all`)."""
     said = [rank_finding(seed_cells, tuned_cells, to), k_finding(k_pairs, to), collapse_finding(counts, to),
-            *elsewhere_finding(methods, to), budget_finding(held, to)]
+            *elsewhere_finding(methods, to), budget_finding(held, to), *settings_finding(list(settings), to)]
     said = [sentence for sentence in said if sentence]
     return "".join(f"- {sentence}\n" for sentence in said) if said else "No findings: these records hold no data for any.\n"

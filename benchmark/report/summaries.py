@@ -70,7 +70,7 @@ def adaptation_curves(units: pd.DataFrame) -> pd.DataFrame:
     return curves.reset_index().astype({"seeds": int, "images": int, "episodes": int})
 
 
-def _compare(pairs: pd.DataFrame, keys: list[str], family: list[str], threshold: float) -> pd.DataFrame:
+def compare_pairs(pairs: pd.DataFrame, keys: list[str], family: list[str], threshold: float) -> pd.DataFrame:
     """Mean paired difference per ``keys`` with CI and t-test over images and seeds, Holm across ``family``."""
     def one(group: pd.DataFrame) -> pd.Series:
         ci = mean_ci(group["diff"].to_numpy(), group["seed"].to_numpy(), group["unit"].to_numpy(), group["weight"].to_numpy())
@@ -96,7 +96,7 @@ def paired_differences(units: pd.DataFrame, threshold: float = PRACTICAL_DIFFERE
     if pairs.empty:
         return pd.DataFrame(columns=["algo", "k", "line", *COMPARISON_COLUMNS])
     pairs["diff"] = pairs["iou"] - pairs["iou_base"]
-    return _compare(pairs, ["algo", "k", "line"], ["algo", "k"], threshold)
+    return compare_pairs(pairs, ["algo", "k", "line"], ["algo", "k"], threshold)
 
 
 def is_reference(algos: pd.Series) -> pd.Series:
@@ -128,7 +128,7 @@ def best_reference_differences(
     if pairs.empty:
         return pd.DataFrame(columns=columns)
     pairs["diff"] = pairs["iou"] - pairs["iou_reference"]
-    table = _compare(pairs, ["algo", *where, "reference"], family, threshold).merge(best, on=[*where, "reference"])
+    table = compare_pairs(pairs, ["algo", *where, "reference"], family, threshold).merge(best, on=[*where, "reference"])
     means = cells[["algo", *where, "mean"]].rename(columns={"mean": "algo_mean"})
     return table.merge(means, on=["algo", *where])[columns]
 
@@ -155,7 +155,7 @@ def leader_differences(units: pd.DataFrame, cells: pd.DataFrame, where: list[str
     if pairs.empty:
         return pd.DataFrame(columns=columns)
     pairs["diff"] = pairs["iou"] - pairs["iou_runner_up"]
-    return _compare(pairs, [*where, "algo", "runner_up"], where, threshold)[columns]
+    return compare_pairs(pairs, [*where, "algo", "runner_up"], where, threshold)[columns]
 
 
 def k_differences(units: pd.DataFrame, threshold: float = PRACTICAL_DIFFERENCE) -> pd.DataFrame:
@@ -175,7 +175,7 @@ def k_differences(units: pd.DataFrame, threshold: float = PRACTICAL_DIFFERENCE) 
     if pairs.empty:
         return pd.DataFrame(columns=["algo", "k", "k_low", "line", *COMPARISON_COLUMNS])
     pairs["diff"] = pairs["iou"] - pairs["iou_low"]
-    return _compare(pairs, ["algo", "k", "k_low", "line"], ["algo"], threshold)
+    return compare_pairs(pairs, ["algo", "k", "k_low", "line"], ["algo"], threshold)
 
 
 def ordered(frame: pd.DataFrame) -> pd.DataFrame:
