@@ -4,6 +4,7 @@ paired per test image and seed, with the algorithms' order here and there, in th
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -87,8 +88,10 @@ def test_the_orders_and_the_finding_say_whether_the_ranking_held(compared):
     assert "MCF7, k = 3, tuned protocol: maml > reptile > finetune (default), finetune > maml > reptile (long)" in text
     findings = (out / "tables" / "findings.md").read_text()
     said = next(line for line in findings.splitlines() if "`long`" in line)
-    assert "held on 0 of 2 (held-out line, k, protocol) cells" in said and "[settings.md](settings.md)" in said
-    assert "finetune" in said and "higher" in said
+    assert ("tuned protocol: the algorithms' order by mean held-out IoU is MCF7, k = 3: maml > reptile > finetune (default), "
+            "finetune > maml > reptile (long)") in said and "[settings.md](settings.md)" in said
+    assert re.search(r"finetune on MCF7, k = 3: 0\.\d{3} → 0\.\d{3} \(\+0\.\d{3} \[.*\], higher\)", said)
+    assert re.search(r"maml on MCF7, k = 3: (0\.\d{3}) → \1 \(\+0\.000 \[\+0\.000, \+0\.000\], no difference\)", said)
     index = (out / "report.md").read_text()
     assert "## Other settings of the same grid" in index and "[CSV](tables/settings.csv)" in index
 
@@ -108,3 +111,37 @@ def test_no_other_setting_no_section(tmp_path):
     build_report(root, root / "report")
     assert not (root / "report" / "tables" / "settings.md").exists()
     assert "Other settings" not in (root / "report" / "report.md").read_text()
+
+
+def test_both_means_and_the_order_come_from_the_pairs_alone(tmp_path):
+    """A run of one side without tuned records leaves its images out of both means, not just the difference."""
+    root = grid(tmp_path, "default", 100)
+    long = grid(root / "long", "long", 1000)
+    boost(long, "maml", 0.1)
+    for name in ("images.csv", "episodes.csv"):
+        path = long / "runs" / "maml-MCF7-k3-s1" / name
+        frame = pd.read_csv(path)
+        frame[frame.protocol == "seed"].to_csv(path, index=False)
+    build_report(root, root / "report")
+    row = pd.read_csv(root / "report" / "tables" / "settings.csv").set_index(["protocol", "algo"]).loc[("tuned", "maml")]
+    here = final_held_out(root, "tuned")
+    here = here[(here.algo == "maml") & (here.seed == 0)]
+    assert row["seeds"] == 1 and row["here"] == pytest.approx(np.average(here.iou, weights=here.crops), abs=1e-6)
+    assert row["there"] - row["here"] == pytest.approx(row["mean"], abs=2e-6)  # the CSV holds 6 digits
+
+
+def test_an_unusable_inner_folder_is_named_and_the_report_stands(tmp_path):
+    root = grid(tmp_path, "default", 100)
+    grid(root / "mixed", "long", 1000)
+    summary = root / "mixed" / "runs" / "maml-MCF7-k3-s0" / "summary.json"
+    summary.write_text(summary.read_text().replace('"meta_steps": 1000', '"meta_steps": 500'))
+    write_results(root / "old", algos=("maml",), holdouts=("MCF7",), ks=(3,), seeds=(0,), examples=False)
+    for path in (root / "old").glob("runs/*/summary.json"):
+        path.write_text(path.read_text().replace('"numerics_version": ', '"numerics_version": -1, "was": '))
+    grid(root / "steps", "default", 100)
+    set_config(root / "steps", inner_steps=5)  # adaptation differs, episodes do not: compared
+    build_report(root, root / "report")
+    text = (root / "report" / "tables" / "settings.md").read_text()
+    assert "### `mixed`" in text and "Not compared:" in text and "completed runs with different settings" in text
+    assert "### `old`\n\nIts settings against this folder's: none differ.\n\nNot compared: no completed run of today's code (1 stale)" in text
+    assert "inner_steps 3 → 5" in text and "| tuned | MCF7 | 3 | maml |" in text

@@ -2,10 +2,9 @@
 
 A results folder holds one setting (:func:`records.completed_runs` refuses a mix). A folder inside it with runs of
 its own is another setting (``sweep --preset long --out results/long``). Its runs that share (algorithm, held-out
-line, k, seed) with the main folder's scored the same episodes, provided the settings that draw and score them are
-equal (:data:`SAME_EPISODES`): then each algorithm's held-out IoU there minus here is paired per test image and
-seed, and the algorithms' order on a held-out line can be compared. The references do not depend on meta-training
-(the untrained initialisation and classical rules on the same crops), so the best one is shown once, from here.
+line, k, seed) with the main folder's scored the same episodes, provided the settings that draw them are equal
+(:data:`SAME_EPISODES`; every pair's crop count is checked too): then each algorithm's held-out IoU there minus here
+is paired per test image and seed, and the two means and the algorithms' order come from those pairs alone.
 """
 
 from __future__ import annotations
@@ -16,25 +15,29 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.report.records import PER_RUN, PROTOCOLS, completed_runs, is_results_folder, load_episodes, load_units
+from benchmark.report.records import (
+    PER_RUN, PROTOCOLS, completed_runs, is_results_folder, load_episodes, load_units, stale_runs,
+)
 from benchmark.report.summaries import best_references, cell_summary, compare_pairs, is_reference, ordered
 from benchmark.report.tables import interval, markdown, p_value, reference_name
 from benchmark.stats import PRACTICAL_DIFFERENCE
+from tasks.errors import DataError
 
 GRID = ["algo", "holdout", "k", "seed"]
-SAME_EPISODES = ("data", "data_root", "crop", "eval_queries", "eval_episodes", "seen_episodes", "inner_steps")
-PROVENANCE = ("run_id", "numerics_version", "packages", "git_commit", "python", "machine")  # not settings
+SAME_EPISODES = ("data", "crop", "eval_queries", "eval_episodes")  # what draws the held-out episodes, beside the grid
+PAIR_KEYS = ["algo", "holdout", "k", "seed", "line", "unit"]
 COLUMNS = ["setting", "protocol", "holdout", "k", "algo", "here", "there", "best_reference", "reference_mean",
            "pairs", "seeds", "images", "mean", "low", "high", "p", "p_holm", "verdict"]
+HEADLINE_PROTOCOL = "tuned"
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One other setting: its folder's name, what differs from the main folder, its compared runs' table (or why
-    none), and per (protocol, held-out line, k) the algorithms' order here and there."""
+    """One other setting: its folder's name, what this folder's setting is called (its preset), what differs, the
+    paired table (or why there is none), and per (protocol, held-out line, k) the algorithms' order in both."""
 
     name: str
-    here: str  # what to call this folder's setting: its preset
+    label: str
     changes: list[str]
     table: pd.DataFrame
     orders: list[dict]
@@ -47,12 +50,11 @@ def other_folders(results: Path) -> list[Path]:
 
 
 def setting_of(runs: pd.DataFrame) -> dict:
-    """The configuration the runs share (the first run's, less the grid and provenance, with the preset it started
-    from), with their data."""
+    """The configuration the runs share (the first run's, less what may differ within a folder but with the preset
+    it started from), with their data."""
     summary = json.loads((Path(runs["folder"].iloc[0]) / "summary.json").read_text())
     config = summary.get("config") or {}
-    kept = {key: value for key, value in config.items() if key == "preset" or key not in (*PER_RUN, *PROVENANCE)}
-    return kept | {"data": summary.get("data")}
+    return {key: value for key, value in config.items() if key == "preset" or key not in PER_RUN} | {"data": summary.get("data")}
 
 
 def changes_between(here: dict, there: dict) -> list[str]:
@@ -60,65 +62,84 @@ def changes_between(here: dict, there: dict) -> list[str]:
     return [f"{key} {here.get(key)!s} → {there.get(key)!s}" for key in sorted(here.keys() | there.keys()) if here.get(key) != there.get(key)]
 
 
-def _orders(cells: pd.DataFrame) -> dict:
-    own = cells[~is_reference(cells["algo"])]
-    return {key: list(group.sort_values("mean", ascending=False, kind="stable")["algo"]) for key, group in own.groupby(["holdout", "k"])}
+def _not_compared(name: str, label: str, changes: list[str], why: str) -> Setting:
+    return Setting(name, label, changes, pd.DataFrame(columns=COLUMNS), [], why)
+
+
+def _weighted(frame: pd.DataFrame, column: str) -> float:
+    return float((frame[column] * frame["weight"]).sum() / frame["weight"].sum())
+
+
+def _pairs(matched: pd.DataFrame, there_runs: pd.DataFrame, protocol: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """Final held-out units of both sides paired per (algorithm, held-out line, k, seed, test image), and this
+    side's held-out cells (the references among them); None where a side has no records of ``protocol``."""
+    here = load_units(matched, load_episodes(matched, protocol), protocol)
+    there = load_units(there_runs, load_episodes(there_runs, protocol), protocol)
+    if here.empty or there.empty:
+        return None
+    here = here[here["role"] == "held-out"]
+    there = there[there["final"] & (there["role"] == "held-out") & ~is_reference(there["algo"])]
+    pairs = there[[*PAIR_KEYS, "iou", "weight"]].merge(here[here["final"]][[*PAIR_KEYS, "iou", "weight"]], on=PAIR_KEYS, suffixes=("", "_here"))
+    return pairs, cell_summary(here)
 
 
 def compare(runs: pd.DataFrame, other: pd.DataFrame, name: str, threshold: float = PRACTICAL_DIFFERENCE) -> Setting:
     """``other``'s runs against ``runs``' of the same grid point, under each protocol both recorded."""
     here_setting, there_setting = setting_of(runs), setting_of(other)
     changes = changes_between(here_setting, there_setting)
-    here_name = str(here_setting.get("preset") or "here")
+    label = str(here_setting.get("preset") or "here")
     differ = [key for key in SAME_EPISODES if here_setting.get(key) != there_setting.get(key)]
     if differ:
-        return Setting(name, here_name, changes, pd.DataFrame(columns=COLUMNS), [], f"its episodes differ ({', '.join(differ)})")
-    matched = runs.merge(other[GRID], on=GRID)
-    there_runs = other.merge(runs[GRID], on=GRID)
+        return _not_compared(name, label, changes, f"its episodes differ ({', '.join(differ)})")
+    matched, there_runs = runs.merge(other[GRID], on=GRID), other.merge(runs[GRID], on=GRID)
     if matched.empty:
-        return Setting(name, here_name, changes, pd.DataFrame(columns=COLUMNS), [], "no run shares an algorithm, held-out line, k and seed with this folder")
+        return _not_compared(name, label, changes, "no run shares an algorithm, held-out line, k and seed with this folder")
     tables, orders = [], []
     for protocol in PROTOCOLS:
-        here = load_units(matched, load_episodes(matched, protocol), protocol)
-        there = load_units(there_runs, load_episodes(there_runs, protocol), protocol)
-        if here.empty or there.empty:
+        found = _pairs(matched, there_runs, protocol)
+        if found is None or found[0].empty:
             continue
-        here, there = here[here["role"] == "held-out"], there[(there["role"] == "held-out") & ~is_reference(there["algo"])]
-        cells_here, cells_there = cell_summary(here), cell_summary(there)
-        keys = ["algo", "holdout", "k", "seed", "line", "unit"]
-        pairs = there[there["final"]][[*keys, "iou"]].merge(here[here["final"]][[*keys, "iou", "weight"]], on=keys, suffixes=("", "_here"))
-        if pairs.empty:
-            continue
+        pairs, cells = found
+        if (pairs["weight"] != pairs["weight_here"]).any():
+            return _not_compared(name, label, changes, "its episodes differ (a test image scored on other crops)")
         pairs["diff"] = pairs["iou"] - pairs["iou_here"]
-        table = compare_pairs(pairs, ["algo", "k", "holdout"], ["algo", "k"], threshold)
-        means = ["algo", "k", "holdout", "mean"]
-        table = (table.merge(cells_here[means].rename(columns={"mean": "here"}), on=["algo", "k", "holdout"])
-                 .merge(cells_there[means].rename(columns={"mean": "there"}), on=["algo", "k", "holdout"])
-                 .merge(best_references(cells_here, ["k", "holdout"]), on=["k", "holdout"], how="left"))
+        where = ["algo", "k", "holdout"]
+        means = pairs.groupby(where).apply(lambda g: pd.Series({"here": _weighted(g, "iou_here"), "there": _weighted(g, "iou")}),
+                                           include_groups=False).reset_index()
+        table = (compare_pairs(pairs, where, ["algo", "k"], threshold).merge(means, on=where)
+                 .merge(best_references(cells, ["k", "holdout"]), on=["k", "holdout"], how="left"))
         tables.append(ordered(table.rename(columns={"reference": "best_reference"})).assign(setting=name, protocol=protocol))
-        compared = set(table["algo"])
-        ours, theirs = _orders(cells_here[cells_here["algo"].isin(compared)]), _orders(cells_there[cells_there["algo"].isin(compared)])
-        orders += [{"protocol": protocol, "holdout": line, "k": k, "here": ours[line, k], "there": theirs[line, k]}
-                   for line, k in sorted(ours.keys() & theirs.keys())]
-    table = pd.concat(tables, ignore_index=True)[COLUMNS] if tables else pd.DataFrame(columns=COLUMNS)
-    return Setting(name, here_name, changes, table, orders)
+        for (line, k), group in means.groupby(["holdout", "k"]):
+            rank = lambda column: list(group.sort_values(column, ascending=False, kind="stable")["algo"])  # noqa: E731
+            orders.append({"protocol": protocol, "holdout": line, "k": k, "here": rank("here"), "there": rank("there")})
+    if not tables:
+        return _not_compared(name, label, changes, "no test image scored in both folders")
+    return Setting(name, label, changes, pd.concat(tables, ignore_index=True)[COLUMNS], orders)
 
 
 def compare_all(results: Path, runs: pd.DataFrame, threshold: float = PRACTICAL_DIFFERENCE) -> list[Setting]:
-    """Every other setting inside ``results`` (:func:`other_folders`) that has completed runs of today's code."""
+    """Every other setting inside ``results`` (:func:`other_folders`); one that cannot be compared (no completed run
+    of today's code, or a folder that mixes settings) is listed with the reason, and the rest of the report stands."""
     found = []
     for folder in other_folders(results):
-        other = completed_runs(folder)
-        if len(other):
+        try:
+            other = completed_runs(folder)
+        except DataError as err:
+            found.append(_not_compared(folder.name, "here", [], str(err)))
+            continue
+        if other.empty:
+            stale = sum(stale_runs(folder).values())
+            found.append(_not_compared(folder.name, "here", [], f"no completed run of today's code ({stale} stale)"))
+        else:
             found.append(compare(runs, other, folder.name, threshold))
     return found
 
 
-def _order_line(setting: Setting, order: dict) -> str:
-    where = f"{order['holdout']}, k = {order['k']}, {order['protocol']} protocol"
+def _order(setting: Setting, order: dict) -> str:
+    """``a > b > c in both`` or ``a > b > c (default), c > a > b (long)``."""
     if order["here"] == order["there"]:
-        return f"{where}: the same order, {' > '.join(order['here'])}"
-    return f"{where}: {' > '.join(order['here'])} ({setting.here}), {' > '.join(order['there'])} ({setting.name})"
+        return f"{' > '.join(order['here'])} in both"
+    return f"{' > '.join(order['here'])} ({setting.label}), {' > '.join(order['there'])} ({setting.name})"
 
 
 def markdown_of(setting: Setting, threshold: float) -> str:
@@ -126,17 +147,18 @@ def markdown_of(setting: Setting, threshold: float) -> str:
     head = f"### `{setting.name}`\n\nIts settings against this folder's: {'; '.join(setting.changes) or 'none differ'}.\n"
     if setting.excluded:
         return head + f"\nNot compared: {setting.excluded}.\n"
-    header = ["protocol", "held-out line", "k", "algorithm", f"here ({setting.here})", f"there ({setting.name})", "there minus here [95% CI]", "verdict",
-              "Holm p", "seeds", "images", "best reference (here)"]
+    header = ["protocol", "held-out line", "k", "algorithm", f"here ({setting.label})", f"there ({setting.name})",
+              "there minus here [95% CI]", "verdict", "Holm p", "seeds", "images", "best reference here"]
     rows = [[r.protocol, r.holdout, str(r.k), r.algo, f"{r.here:.3f}", f"{r.there:.3f}", interval(r.mean, r.low, r.high, signed=True),
              r.verdict, p_value(r.p_holm), str(r.seeds), str(r.images),
              f"{reference_name(r.best_reference)} {r.reference_mean:.3f}" if isinstance(r.best_reference, str) else "—"]
             for r in setting.table.itertuples()]
-    orders = "".join(f"- {_order_line(setting, order)}\n" for order in setting.orders)
-    return (head + "\n" + markdown(header, rows, right_from=4) + "\nThe algorithms' order by mean held-out IoU (references "
-            f"left out):\n\n{orders}\nVerdicts as elsewhere in this report: below {threshold:g} IoU \"no difference\", else "
-            "\"higher\" or \"lower\" when Holm p < 0.05 (across the held-out lines of each algorithm, k and protocol), "
-            "else \"unclear\".\n")
+    orders = "".join(f"- {o['holdout']}, k = {o['k']}, {o['protocol']} protocol: {_order(setting, o)}\n" for o in setting.orders)
+    return (head + "\n" + markdown(header, rows, right_from=4) + "\nThe algorithms' order by mean held-out IoU on the "
+            f"paired images (references left out):\n\n{orders}\nVerdicts as elsewhere in this report: below {threshold:g} "
+            "IoU \"no difference\", else \"higher\" or \"lower\" when Holm p < 0.05 (across the held-out lines of each "
+            "algorithm, k and protocol), else \"unclear\". An order is of means: two algorithms whose differences here "
+            "and there are within their intervals may swap by chance.\n")
 
 
 def report(settings: list[Setting], out: Path, tables: str, threshold: float = PRACTICAL_DIFFERENCE) -> tuple[str, list[Path]]:
@@ -154,30 +176,29 @@ def report(settings: list[Setting], out: Path, tables: str, threshold: float = P
         "Each folder inside the results folder with runs of its own is another setting (e.g. `sweep --preset long --out "
         "results/long`). Its runs that share an algorithm, held-out line, k and seed with this folder's scored the same "
         "episodes, so \"there minus here\" is paired per test image and seed, under each protocol; \"here\" and \"there\" "
-        "are the two means on those runs only. The references do not depend on meta-training: the best one of each "
-        f"held-out line is shown once. [Markdown]({tables}/settings.md), [CSV]({tables}/settings.csv).\n\n" + body
+        "are the two means over those pairs, and the best reference is this folder's on the same runs' episodes. "
+        f"[Markdown]({tables}/settings.md), [CSV]({tables}/settings.csv).\n\n" + body
     )
     return section, [folder / "settings.md", folder / "settings.csv"]
 
 
-def finding(settings: list[Setting], to: str, protocol: str = "tuned") -> list[str]:
-    """Per compared setting: whether the algorithms' order held on each held-out line and k (both protocols),
-    and each algorithm's difference under ``protocol`` (the headline's)."""
+def finding(settings: list[Setting], to: str) -> list[str]:
+    """Per compared setting, under the headline's protocol (or the one recorded, said so): each held-out line and
+    k's order in both settings, and each algorithm's paired difference."""
     said = []
     for setting in settings:
-        if setting.excluded or setting.table.empty:
+        if setting.excluded:
             continue
-        held = [o for o in setting.orders if o["here"] == o["there"]]
-        orders = "; ".join(_order_line(setting, o) for o in setting.orders)
+        protocol = HEADLINE_PROTOCOL if HEADLINE_PROTOCOL in set(setting.table["protocol"]) else str(setting.table["protocol"].iloc[0])
         mine = setting.table[setting.table["protocol"] == protocol]
-        mine = mine if len(mine) else setting.table[setting.table["protocol"] == setting.table["protocol"].iloc[0]]
-        differences = ", ".join(
-            f"{r.algo} {r.here:.3f} → {r.there:.3f} ({interval(r.mean, r.low, r.high, signed=True)}, {r.verdict})"
+        orders = "; ".join(f"{o['holdout']}, k = {o['k']}: {_order(setting, o)}" for o in setting.orders if o["protocol"] == protocol)
+        differences = "; ".join(
+            f"{r.algo} on {r.holdout}, k = {r.k}: {r.here:.3f} → {r.there:.3f} ({interval(r.mean, r.low, r.high, signed=True)}, {r.verdict})"
             for r in mine.itertuples())
         said.append(
-            f"Under `{setting.name}` ({'; '.join(setting.changes)}), on the runs it shares with the main grid (same algorithm, held-out line, k and seed), the algorithms' "
-            f"order by mean held-out IoU held on {len(held)} of {len(setting.orders)} (held-out line, k, protocol) cells "
-            f"({orders}); {mine['protocol'].iloc[0]} protocol, {differences} "
-            f"([settings.md]({to}settings.md))."
+            f"Under `{setting.name}` ({'; '.join(setting.changes)}), on the runs it shares with the main grid (same algorithm, "
+            f"held-out line, k and seed, paired per test image), {protocol} protocol"
+            f"{'' if protocol == HEADLINE_PROTOCOL else f' (no {HEADLINE_PROTOCOL} records there)'}: the algorithms' order by "
+            f"mean held-out IoU is {orders}; {setting.label} → {setting.name}: {differences} ([settings.md]({to}settings.md))."
         )
     return said
