@@ -1,10 +1,14 @@
 """What a sweep will cost, before it starts.
 
-A run's time is, to first order, ``meta_steps x t_step + evaluation episodes x t_episode``: t_step is one
+A run's time is, to first order, ``meta_steps x t_step + adapted episodes x t_episode``: t_step is one
 training step (sample the meta-batch's tasks, one meta-step), t_episode one evaluation episode (sample,
-adapt with the others of its batch, score every step). Both depend on everything in the configuration except
-which line is held out and the seed, so one measurement serves every run that differs only in those
-(a *cost class*, :func:`cost_key`). Each class is priced by, in order of preference:
+adapt with the others of its batch, score every step). A run adapts far more episodes than it evaluates
+(:func:`adapted_episodes`): the validation episodes at every budget-curve point and once per candidate rate, the
+evaluation episodes under both protocols, and the references' (the untrained model adapted on the same
+episodes) once per held-out line, k and seed of a sweep; at the default preset that is more than half of a run.
+Both costs depend on everything in the configuration except which line is held out and the seed, so one
+measurement serves every run that differs only in those (a *cost class*, :func:`cost_key`). Each class is priced
+by, in order of preference:
 
 1. finished runs in the store with the same settings: the median of their recorded wall times;
 2. timings handed in (``known``; ``bench`` passes the ones it just measured);
@@ -34,10 +38,12 @@ PER_RUN = ("holdout", "seed", "preset")  # settings that do not change a run's c
 
 @dataclass(frozen=True)
 class Cost:
-    """Seconds per training step and per evaluation episode of one cost class."""
+    """Seconds per training step and per evaluation episode of one cost class, and whether its algorithm selects
+    an adaptation rate (one that learns its rates has none to select, and one protocol to evaluate)."""
 
     step_s: float
     episode_s: float
+    selects_rate: bool = True
 
 
 def cost_key(config: RunConfig | dict) -> str:
@@ -52,8 +58,33 @@ def evaluation_episodes(config: RunConfig) -> int:
     return sum(count for _, _, count in evaluation_plan(config))
 
 
-def run_seconds(config: RunConfig, cost: Cost) -> float:
-    return config.meta_steps * cost.step_s + evaluation_episodes(config) * cost.episode_s
+def budget_points(config: RunConfig) -> int:
+    """Budget-curve points of a run: step 0, every ``budget_every`` meta-steps and the last (as ``runner.meta_train``)."""
+    if not config.budget_every:
+        return 0
+    return len({0, config.meta_steps, *range(config.budget_every, config.meta_steps + 1, config.budget_every)})
+
+
+def adapted_episodes(config: RunConfig, selects_rate: bool = True, references: bool = True) -> int:
+    """Episodes a run adapts after meta-training, each at about an evaluation episode's cost: the validation
+    episodes at every budget point and for every candidate rate, the evaluation episodes under the seed protocol
+    and (where a rate is selected; counted even though a run whose selected rate is its own reuses the seed
+    protocol's) the tuned one, and with ``references`` the references' adaptation on the same episodes."""
+    rates = len(config.adapt_rates) if config.adapt_rates and selects_rate else 0
+    validation = config.validation_episodes * (budget_points(config) + rates)
+    return validation + evaluation_episodes(config) * (1 + (rates > 0) + references)
+
+
+def run_seconds(config: RunConfig, cost: Cost, references: bool = True) -> float:
+    """A run's seconds at ``cost``; ``references``: whether it computes them (the first run of its held-out line,
+    k and seed in a sweep; the others read them from the cache)."""
+    return config.meta_steps * cost.step_s + adapted_episodes(config, cost.selects_rate, references) * cost.episode_s
+
+
+def reference_group(config: RunConfig) -> tuple:
+    """What the references of a run are shared by: its held-out line, k and seed and everything but the algorithm."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("algo", "algo_options", "preset")}
+    return tuple(sorted((k, json.dumps(v, default=str)) for k, v in settings.items()))
 
 
 def stored_wall_times(store: Store) -> dict[str, list[float]]:
@@ -88,7 +119,7 @@ def calibrate(config: RunConfig, steps: int = 2, warmup: int = 1) -> Cost:
     step_times = [timed(lambda i=i: algo.meta_step(state, meta_batch(config, data, i).to(device))) for i in range(warmup + steps)]
     count = config.eval_batch
     eval_times = [timed(lambda: adapt_and_score(algo, state, evaluation_batch(config, data, count).to(device))) for _ in range(2)]
-    return Cost(step_s=statistics.median(step_times[warmup:]), episode_s=eval_times[-1] / count)
+    return Cost(step_s=statistics.median(step_times[warmup:]), episode_s=eval_times[-1] / count, selects_rate=selects_rate(algo))
 
 
 def estimate_table(
@@ -103,7 +134,7 @@ def estimate_table(
     walls = stored_wall_times(store) if store is not None else {}
     costs = dict(known or {})
     sources = dict.fromkeys(costs, "measured")
-    rows = []
+    rows, referenced = [], set()
     for config in configs:
         key = cost_key(config)
         if key in walls:
@@ -113,7 +144,9 @@ def estimate_table(
                 if on_calibrate:
                     on_calibrate(config)
                 costs[key], sources[key] = calibrate(config), "calibrated"
-            seconds, source = run_seconds(config, costs[key]), sources[key]
+            group = reference_group(config)
+            seconds, source = run_seconds(config, costs[key], references=group not in referenced), sources[key]
+            referenced.add(group)
         rows.append(
             {"run_id": config.run_id, "algo": config.algo, "holdout": config.holdout, "k": config.k,
              "seed": config.seed, "seconds": seconds, "source": source}
@@ -128,7 +161,12 @@ def estimate_sweep(configs: Iterable[RunConfig], store: Store | None) -> float:
 
 def known_costs(entries: Iterable[tuple[RunConfig, float, float]]) -> dict[str, Cost]:
     """``known`` for :func:`estimate_table` from (configuration, step seconds, episode seconds) triples."""
-    return {cost_key(config): Cost(step_s, episode_s) for config, step_s, episode_s in entries}
+    return {cost_key(config): Cost(step_s, episode_s, selects_rate(build(config))) for config, step_s, episode_s in entries}
+
+
+def selects_rate(algo) -> bool:
+    """Whether a run of ``algo`` selects an adaptation rate on validation data (as ``validation.select_rate``)."""
+    return isinstance(algo.adaptation.rate, (int, float))
 
 
 def format_duration(seconds: float) -> str:

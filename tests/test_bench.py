@@ -249,10 +249,20 @@ def test_cost_key_ignores_only_holdout_seed_and_preset():
     assert estimate.cost_key(resolve("default", k=1)) != estimate.cost_key(base)
 
 
-def test_run_seconds_is_meta_steps_times_step_plus_episodes_times_episode():
-    config = resolve("default", meta_steps=150, eval_episodes=40, seen_episodes=10)
+def test_run_seconds_is_meta_steps_times_step_plus_every_adapted_episode_times_episode():
+    config = resolve("default", meta_steps=150, eval_episodes=40, seen_episodes=10)  # 16 validation episodes, 6 rates
     assert estimate.evaluation_episodes(config) == 40 + 7 * 10  # the held-out line's, then 10 on each of 7 lines
-    assert estimate.run_seconds(config, estimate.Cost(step_s=2.0, episode_s=0.5)) == pytest.approx(150 * 2.0 + 110 * 0.5)
+    assert estimate.budget_points(config) == 7  # steps 0, 25, ..., 150
+    assert estimate.budget_points(dataclasses.replace(config, meta_steps=110)) == 6  # 0, 25, 50, 75, 100 and the last
+    # validation: 16 x (7 budget points + 6 rates); evaluation: 110 x (seed + tuned protocol + references)
+    cost = estimate.Cost(step_s=2.0, episode_s=0.5)
+    assert estimate.run_seconds(config, cost) == pytest.approx(150 * 2.0 + (16 * 13 + 110 * 3) * 0.5)
+    assert estimate.run_seconds(config, cost, references=False) == pytest.approx(150 * 2.0 + (16 * 13 + 110 * 2) * 0.5)
+    learned = estimate.Cost(step_s=2.0, episode_s=0.5, selects_rate=False)  # no rate to select: one protocol
+    assert estimate.run_seconds(config, learned) == pytest.approx(150 * 2.0 + (16 * 7 + 110 * 2) * 0.5)
+    assert estimate.adapted_episodes(resolve("default", adapt_rates=(), budget_every=0), references=False) == 40 + 7 * 4
+    known = estimate.known_costs([(resolve("smoke", algo=name), 1.0, 1.0) for name in ("reptile", "meta-sgd")])
+    assert [cost.selects_rate for cost in known.values()] == [True, False]  # meta-sgd learns its rates
 
 
 def test_estimate_prefers_finished_runs_then_known_costs_then_calibrates(synthetic_root, tmp_path, monkeypatch):
@@ -275,10 +285,12 @@ def test_estimate_prefers_finished_runs_then_known_costs_then_calibrates(synthet
     assert table.source.tolist() == ["store", "measured", "calibrated", "calibrated"]
     assert told == ["maml"]  # one calibration per cost class
     assert table.seconds.iloc[0] == 20.0  # median of the finished runs' wall times; the failed one is ignored
-    assert table.seconds.iloc[1] == pytest.approx(3 * 0.1 + (4 + 7 * 1) * 0.01)  # smoke: 3 meta-steps, 11 episodes
-    assert table.seconds.iloc[2] == table.seconds.iloc[3] > 0 and math.isfinite(table.seconds.iloc[2])
+    # smoke: 3 meta-steps; 2 validation episodes at 3 budget points and for 2 rates; 11 evaluation episodes under
+    # two protocols, and the references' once per held-out line, k and seed (here: reptile's, not maml's after it)
+    assert table.seconds.iloc[1] == pytest.approx(3 * 0.1 + (2 * (3 + 2) + 11 * 3) * 0.01)
+    assert 0 < table.seconds.iloc[2] < table.seconds.iloc[3] and math.isfinite(table.seconds.iloc[3])  # Huh7: its own references
     monkeypatch.setattr(estimate, "calibrate", lambda config: estimate.Cost(1.0, 1.0))
-    assert estimate.estimate_sweep([known, calibrated], store) == pytest.approx(2 * (3 + 11))
+    assert estimate.estimate_sweep([known, calibrated], store) == pytest.approx((3 + 10 + 11 * 3) + (3 + 10 + 11 * 2))  # one references
 
 
 def test_format_duration():
