@@ -12,9 +12,11 @@ import pandas as pd
 import pytest
 from test_report import write_results
 
+from benchmark.observations import per_episode
 from benchmark.report import build_report, plots
 from benchmark.report.records import completed_runs, load_evaluation_units
 from benchmark.stats import holm, mean_ci, verdict
+from benchmark.store import per_image
 from tasks.errors import DataError
 
 STEPS = 3
@@ -176,7 +178,10 @@ def _write_evaluation(folder: Path, tag: str, line: str = "MCF7", images=(11, 12
                                  "evaluated_on": tag, "split": "val"})
     out = folder / "evaluations" / tag
     out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(out / "observations.csv.gz", index=False)
+    observations = pd.DataFrame(rows)  # per crop, and the compact records the report reads, as `evaluate` writes them
+    observations.to_csv(out / "observations.csv.gz", index=False)
+    per_image(observations).to_csv(out / "images.csv.gz", index=False)
+    per_episode(observations).to_csv(out / "episodes.csv.gz", index=False)
     summary_line = {"line": line, "protocol": "seed", "role": "held-out", "split": "val", "images": len(images), "episodes": episodes,
                     "iou": 0.5, "iou_ci": [0.4, 0.6], "iou_step0": 0.4}
     (out / "summary.json").write_text(json.dumps({"run_id": folder.name, "algo": run["algo"], "holdout": run["holdout"], "run_k": run["k"],
@@ -277,3 +282,13 @@ def test_the_real_table_from_evaluate_itself(tmp_path, synthetic_root, sample_ro
         assert mine.set_index("algo").loc["reptile", "mean"] == pytest.approx(own.iou.mean(), abs=1e-6)
         assert set(mine.algo) == {"reptile", *(f"{name} (reference)" for name in REFERENCES)}
         assert (mine.images == 2).all()
+
+
+def test_an_evaluation_without_its_per_image_records_names_its_folder(tmp_path):
+    root = write_results(tmp_path, algos=("reptile",), holdouts=("MCF7",), ks=(1,), seeds=(0,), steps=STEPS, examples=False)
+    add_references(root)
+    folder = next(root.glob("runs/*"))
+    _write_evaluation(folder, "livecell-sample")
+    (folder / "evaluations" / "livecell-sample" / "images.csv.gz").unlink()
+    with pytest.raises(DataError, match=r"livecell-sample: evaluation without images\.csv\.gz; run `python -m benchmark evaluate`"):
+        load_evaluation_units(completed_runs(root))

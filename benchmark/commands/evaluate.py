@@ -12,8 +12,9 @@ k + queries follow the small-set rule (``tasks.episodes.sample_small_episode``);
 out with a note (an error when asked for by ``--holdout``).
 
 Records go to ``<run>/evaluations/<tag>/`` (tag: the dataset folder's name, plus ``-k<K>`` and ``-whole`` where
-they differ from the run): ``episodes.csv.gz`` and ``observations.csv.gz`` as the run's (plus the columns
-``evaluated_on`` and ``split``), ``manifests.json.gz``, ``summary.json``, and with ``--whole-images``
+they differ from the run): ``episodes.csv.gz``, ``images.csv.gz`` (what the report reads) and ``observations.csv.gz``
+(per crop; bulky, not committed) as the run's, plus the columns ``evaluated_on`` and ``split``; ``manifests.json.gz``,
+``summary.json``, and with ``--whole-images``
 ``instances.csv``: COCO AP@0.5 and AP@[.5:.95] of each episode's query images (``benchmark.instances``), beside
 the reference ``*_truth_mask``: the AP of instances the same rule draws from the annotated mask itself, the most
 the instance step can give a perfect binary mask.
@@ -159,7 +160,7 @@ def evaluate_run(
     from benchmark.instances import INSTANCE_DEFAULTS
     from benchmark.observations import HELD_OUT, SEEN, per_episode
     from benchmark.runner import device_of
-    from benchmark.store import write_csv, write_json
+    from benchmark.store import per_image, write_csv, write_json
     from benchmark.trained import run_config, run_selection, run_weights
     from tasks.cache import atomic_write
     from tasks.catalogue import LINES, cell_line
@@ -220,6 +221,7 @@ def evaluate_run(
     out = Path(folder) / "evaluations" / tag
     write_csv(out / "observations.csv.gz", observations)
     write_csv(out / "episodes.csv.gz", per_episode(observations))
+    write_csv(out / "images.csv.gz", per_image(observations))
     atomic_write(out / "manifests.json.gz", lambda f: f.write(gzip.compress(json.dumps(manifests).encode(), mtime=0)))
     instances_frame = pd.DataFrame(instance_rows, columns=["protocol", "line", "split", "episode", "method", "ap50", "ap", "ap50_truth_mask", "ap_truth_mask"])
     if whole_images:

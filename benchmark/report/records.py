@@ -253,24 +253,32 @@ def unit_kind(units: pd.Series) -> str:
     return IMAGE if units.str.startswith(IMAGE + " ").all() else EPISODE
 
 
-EVALUATIONS, EVALUATION_FILE = "evaluations", "observations.csv.gz"  # <run>/evaluations/<tag>/, by `evaluate`
-OBSERVATION_COLUMNS = ("algo", "holdout", "k", "seed", "line", "role", "episode", "image_id", "step", "iou")
+EVALUATIONS = "evaluations"  # <run>/evaluations/<tag>/, written by `evaluate` (its summary.json last)
+EVALUATION_IMAGE_COLUMNS = ("algo", "holdout", "k", "seed", "line", "role", "image_id", "step", "iou", "crops")
 EVALUATION_UNIT_COLUMNS = ("evaluated_on", "protocol", *UNIT_COLUMNS)
 
 
 def load_evaluation_units(runs: pd.DataFrame) -> pd.DataFrame:
     """The statistical units of every evaluation of ``runs`` on other data (``python -m benchmark evaluate``):
     as :func:`load_units`, one row per (run, evaluation, protocol, method, line, test image, step) with the
-    image's mean IoU over its query crops and their count as ``weight``; ``evaluated_on`` is the evaluation's
-    tag (its folder). References are kept once per (tag, held-out line, k, seed), so they must have scored the
-    same crops in every run they come from (:func:`_same_crops`)."""
+    image's mean IoU over its query crops and their count as ``weight`` (its ``images.csv.gz``), and each line's
+    episode count (its ``episodes.csv.gz``); ``evaluated_on`` is the evaluation's tag (its folder). References are
+    kept once per (tag, held-out line, k, seed), so they must have scored the same crops in every run they come
+    from (:func:`_same_crops`)."""
     frames = []
     for run in runs.itertuples():
-        for path in sorted(Path(run.folder, EVALUATIONS).glob(f"*/{EVALUATION_FILE}")):
+        for folder in sorted(path.parent for path in Path(run.folder, EVALUATIONS).glob("*/summary.json")):
+            images, episodes = folder / "images.csv.gz", folder / "episodes.csv.gz"
+            missing = [path.name for path in (images, episodes) if not path.is_file()]
+            if missing:
+                raise DataError(f"{folder}: evaluation without {' or '.join(missing)}; run `python -m benchmark evaluate` on it again")
             for protocol in PROTOCOLS:
-                frame = _read_records(path, protocol, OBSERVATION_COLUMNS)
-                if frame is not None and len(frame):
-                    frames.append(_image_means(frame).assign(run_id=run.run_id, evaluated_on=path.parent.name, protocol=protocol))
+                frame = _read_records(images, protocol, EVALUATION_IMAGE_COLUMNS)
+                if frame is None or frame.empty:
+                    continue
+                counts = _read_records(episodes, protocol, EPISODE_COLUMNS[1:]).groupby("line")["episode"].nunique().rename("episodes")
+                units = frame.assign(unit=IMAGE + " " + frame["image_id"].astype(str), weight=frame["crops"].astype(float))
+                frames.append(units.join(counts, on="line").assign(run_id=run.run_id, evaluated_on=folder.name, protocol=protocol))
     if not frames:
         return pd.DataFrame(columns=[*EVALUATION_UNIT_COLUMNS, "final"])
     units = pd.concat(frames, ignore_index=True)
@@ -278,14 +286,6 @@ def load_evaluation_units(runs: pd.DataFrame) -> pd.DataFrame:
     units = _once(units, "evaluated_on", "protocol", "unit")
     units["final"] = _final(units, "evaluated_on", "protocol")
     return units[[*EVALUATION_UNIT_COLUMNS, "final"]]
-
-
-def _image_means(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per-crop rows of one evaluation to per-image units, with each line's episode count."""
-    keys = ["algo", "holdout", "k", "seed", "line", "role", "image_id", "step"]
-    units = frame.groupby(keys, as_index=False).agg(iou=("iou", "mean"), weight=("iou", "size"))
-    units["unit"] = IMAGE + " " + units["image_id"].astype(str)
-    return units.join(frame.groupby("line")["episode"].nunique().rename("episodes"), on="line").astype({"weight": float})
 
 
 def _same_crops(units: pd.DataFrame) -> None:
