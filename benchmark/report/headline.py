@@ -108,14 +108,19 @@ def _link(to: str, *names: str) -> str:
 
 
 def rank_finding(seed_cells: pd.DataFrame, tuned_cells: pd.DataFrame, to: str) -> str | None:
-    """Whether any algorithm's rank changes between the protocols, over the cells with two or more algorithms."""
+    """Over the held-out cells (line, k) with two or more algorithms: on how many the order changes between the
+    protocols, and where the best algorithm changes (the full orders are in the report's tuned section)."""
     seed, tuned = _orders(seed_cells), _orders(tuned_cells)
-    compared = [key for key in seed.keys() & tuned.keys() if len(seed[key]) > 1]
+    compared = sorted(key for key in seed.keys() & tuned.keys() if len(seed[key]) > 1)
     if not compared:
         return None
-    changes = rank_changes(seed_cells, tuned_cells)
-    said = (f"changes on {len(changes)} of {len(compared)} held-out cells (line, k) with two or more algorithms: " + "; ".join(changes)) \
-        if changes else f"is the same on all {len(compared)} held-out cells (line, k) with two or more algorithms"
+    changed = [key for key in compared if seed[key] != tuned[key]]
+    if not changed:
+        said = f"is the same on all {len(compared)} held-out cells (line, k) with two or more algorithms"
+    else:
+        leaders = [f"{line}, k = {k} ({seed[line, k][0]} → {tuned[line, k][0]})" for line, k in changed if seed[line, k][0] != tuned[line, k][0]]
+        said = (f"changes on {len(changed)} of {len(compared)} held-out cells (line, k) with two or more algorithms; the best "
+                + (f"algorithm changes on {len(leaders)}: " + ", ".join(leaders) if leaders else "algorithm stays the same on all of them"))
     return (f"Seed protocol against tuned: the order of the algorithms by mean held-out IoU {said} "
             + _link(to, "leave_one_line_out.md", "leave_one_line_out_tuned.md") + ".")
 
@@ -189,14 +194,15 @@ def elsewhere_finding(methods: pd.DataFrame, to: str) -> list[str]:
 
 def budget_finding(orders: list[dict], to: str) -> str | None:
     """Whether the order at half the meta-training budget is the final one (:func:`budget.orders_at_half`: one per
-    held-out line, k and seed)."""
+    held-out line, k and seed), and where the leader at half the budget was not the final one."""
     if not orders:
         return None
-    differed = [o for o in orders if o["early"] != o["final"]]
-    tail = ("; it differed on " + "; ".join(f"{o['line']}, k = {o['k']}, seed {o['seed']} (at step {o['half']}: "
-            f"{' > '.join(o['early'])}; final: {' > '.join(o['final'])})" for o in differed)) if differed else ""
+    held = sum(o["early"] == o["final"] for o in orders)
+    moved = [f"{o['line']}, k = {o['k']}, seed {o['seed']} ({o['early'][0]} at step {o['half']}, {o['final'][0]} at the end)"
+             for o in orders if o["early"][0] != o["final"][0]]
+    leader = (f"; the leader was already the final one on {len(orders) - len(moved)}" + (", not on " + "; ".join(moved) if moved else ""))
     return (f"At half the meta-training budget, the algorithms' order by validation IoU was already the final one on "
-            f"{len(orders) - len(differed)} of {len(orders)} (held-out line, k, seed) combinations{tail} " + _link(to, "budget_curves.csv") + ".")
+            f"{held} of {len(orders)} (held-out line, k, seed) combinations{leader} " + _link(to, "budget_curves.csv") + ".")
 
 
 def findings(seed_cells, tuned_cells, k_pairs, counts, methods, held: list[dict], to: str, settings=()) -> str:
