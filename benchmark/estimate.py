@@ -5,7 +5,7 @@ training step (sample the meta-batch's tasks, one meta-step), t_episode one eval
 adapt with the others of its batch, score every step). A run adapts far more episodes than it evaluates
 (:func:`adapted_episodes`): the validation episodes at every budget-curve point and once per candidate rate, the
 evaluation episodes under both protocols, and the references' (the untrained model adapted on the same
-episodes) once per held-out line, k and seed of a sweep; at the default preset that is more than half of a run.
+episodes) where no earlier run of the sweep computed them; at the default preset that is more than half of a run.
 Both costs depend on everything in the configuration except which line is held out and the seed, so one
 measurement serves every run that differs only in those (a *cost class*, :func:`cost_key`). Each class is priced
 by, in order of preference:
@@ -65,26 +65,34 @@ def budget_points(config: RunConfig) -> int:
     return len({0, config.meta_steps, *range(config.budget_every, config.meta_steps + 1, config.budget_every)})
 
 
-def adapted_episodes(config: RunConfig, selects_rate: bool = True, references: bool = True) -> int:
-    """Episodes a run adapts after meta-training, each at about an evaluation episode's cost: the validation
-    episodes at every budget point and for every candidate rate, the evaluation episodes under the seed protocol
-    and (where a rate is selected; counted even though a run whose selected rate is its own reuses the seed
-    protocol's) the tuned one, and with ``references`` the references' adaptation on the same episodes."""
+def adapted_episodes(config: RunConfig, selects_rate: bool = True, reference_episodes: int | None = None) -> int:
+    """Episodes a run adapts after meta-training, each priced as an evaluation episode (validation episodes score
+    only steps 0 and n, so this errs high): the validation episodes at every budget point and for every candidate
+    rate, the evaluation episodes under the seed protocol and (where a rate is selected; counted even though a run
+    whose selected rate is its own reuses the seed protocol's) the tuned one, and ``reference_episodes`` of the
+    references' (default: all of its evaluation episodes, none cached)."""
     rates = len(config.adapt_rates) if config.adapt_rates and selects_rate else 0
     validation = config.validation_episodes * (budget_points(config) + rates)
-    return validation + evaluation_episodes(config) * (1 + (rates > 0) + references)
+    references = evaluation_episodes(config) if reference_episodes is None else reference_episodes
+    return validation + evaluation_episodes(config) * (1 + (rates > 0)) + references
 
 
-def run_seconds(config: RunConfig, cost: Cost, references: bool = True) -> float:
-    """A run's seconds at ``cost``; ``references``: whether it computes them (the first run of its held-out line,
-    k and seed in a sweep; the others read them from the cache)."""
-    return config.meta_steps * cost.step_s + adapted_episodes(config, cost.selects_rate, references) * cost.episode_s
+def run_seconds(config: RunConfig, cost: Cost, reference_episodes: int | None = None) -> float:
+    """A run's seconds at ``cost``; ``reference_episodes``: how many of its evaluation episodes' references it
+    computes (:func:`reference_batches`: those no earlier run of the sweep computed; default all)."""
+    return config.meta_steps * cost.step_s + adapted_episodes(config, cost.selects_rate, reference_episodes) * cost.episode_s
 
 
-def reference_group(config: RunConfig) -> tuple:
-    """What the references of a run are shared by: its held-out line, k and seed and everything but the algorithm."""
-    settings = {k: v for k, v in config.to_dict().items() if k not in ("algo", "algo_options", "preset")}
-    return tuple(sorted((k, json.dumps(v, default=str)) for k, v in settings.items()))
+def reference_batches(config: RunConfig) -> list[tuple]:
+    """The batches of evaluation episodes whose references a run needs, each named by what its references are
+    computed from (``evaluation.reference_key`` less the tensors, which these settings determine): the line and
+    the episodes, k, seed, data, crop, queries, the model and the shared protocol, threads and device; with the
+    batch's episode count last. A seen line's batches are the same whichever line is held out, so a sweep computes
+    them once per (k, seed), and the cache serves the rest."""
+    settings = (config.data_identity, config.crop, config.eval_queries, config.k, config.seed, config.inner_steps,
+                config.inner_lr, config.loss, config.threads, config.device, json.dumps(config.part("model"), sort_keys=True, default=str))
+    return [(*settings, line, first, min(count, first + config.eval_batch) - first)
+            for line, _, count in evaluation_plan(config) for first in range(0, count, config.eval_batch)]
 
 
 def stored_wall_times(store: Store) -> dict[str, list[float]]:
@@ -137,6 +145,8 @@ def estimate_table(
     rows, referenced = [], set()
     for config in configs:
         key = cost_key(config)
+        batches = [batch for batch in reference_batches(config) if batch not in referenced]
+        referenced.update(batches)
         if key in walls:
             seconds, source = statistics.median(walls[key]), "store"
         else:
@@ -144,9 +154,7 @@ def estimate_table(
                 if on_calibrate:
                     on_calibrate(config)
                 costs[key], sources[key] = calibrate(config), "calibrated"
-            group = reference_group(config)
-            seconds, source = run_seconds(config, costs[key], references=group not in referenced), sources[key]
-            referenced.add(group)
+            seconds, source = run_seconds(config, costs[key], sum(batch[-1] for batch in batches)), sources[key]
         rows.append(
             {"run_id": config.run_id, "algo": config.algo, "holdout": config.holdout, "k": config.k,
              "seed": config.seed, "seconds": seconds, "source": source}

@@ -16,9 +16,9 @@ from benchmark import observations
 from benchmark.config import RunConfig
 from benchmark.errors import RunFailed
 from benchmark.evaluation import SEED_PROTOCOL, TUNED_PROTOCOL
-from benchmark.observations import HELD_OUT, SEEN
+from benchmark.observations import HELD_OUT, SEEN, per_image
 from benchmark.runner import RunResult, prepare, run
-from benchmark.store import Store, image_scores, per_image
+from benchmark.store import Store, image_scores
 from tasks.errors import DataError
 
 

@@ -75,6 +75,16 @@ def per_episode(observations: pd.DataFrame) -> pd.DataFrame:
     return observations.groupby(keys, sort=False, as_index=False)[list(VALUES)].mean()
 
 
+def per_image(observations: pd.DataFrame) -> pd.DataFrame:
+    """IoU averaged over each query image's crops (``crops`` of them) per line x image x step: what the report's
+    statistics need, since test images, not episodes, are the independent units."""
+    values = {"iou": ("iou", "mean"), "crops": ("iou", "size")}
+    if "predicted_foreground" in observations:  # a value too, not a key
+        values["predicted_foreground"] = ("predicted_foreground", "mean")
+    keys = [c for c in observations.columns if c not in ("episode", "query", *values)]
+    return observations.groupby(keys, sort=False, as_index=False).agg(**values)
+
+
 def collapse(episodes: pd.DataFrame) -> dict:
     """Held-out episodes whose queries are predicted more than :data:`COLLAPSE_FOREGROUND` cell, on average,
     before adaptation (step 0) and after it (the last step)."""

@@ -40,6 +40,7 @@ from algorithms import Algorithm, MetaState, load_checkpoint, save_checkpoint
 from benchmark.config import RunConfig
 from benchmark.machine import processor
 from benchmark.numerics import NUMERICS_VERSION
+from benchmark.observations import per_image
 from benchmark.stats import Interval, mean_ci
 from benchmark.runner import RunResult
 from tasks.cache import atomic_write, remove_temporaries
@@ -219,16 +220,6 @@ class Store:
 
 def write_train_log(path: Path, log: list[dict]) -> None:
     write_csv(path, pd.DataFrame(log, columns=TRAIN_LOG_COLUMNS))
-
-
-def per_image(observations: pd.DataFrame) -> pd.DataFrame:
-    """IoU averaged over each query image's crops (``crops`` of them) per line x image x step: what the report's
-    statistics need, since test images, not episodes, are the independent units."""
-    values = {"iou": ("iou", "mean"), "crops": ("iou", "size")}
-    if "predicted_foreground" in observations:  # a value too, not a key
-        values["predicted_foreground"] = ("predicted_foreground", "mean")
-    keys = [c for c in observations.columns if c not in ("episode", "query", *values)]
-    return observations.groupby(keys, sort=False, as_index=False).agg(**values)
 
 
 def image_scores(images: pd.DataFrame) -> tuple[Interval, float]:

@@ -20,6 +20,7 @@ from benchmark.cli import main
 from benchmark.config import RunConfig, resolve
 from benchmark.runner import build, meta_batch
 from benchmark.store import Store, write_json
+from tasks.catalogue import LINES
 from tasks.livecell import open_livecell
 
 
@@ -257,10 +258,20 @@ def test_run_seconds_is_meta_steps_times_step_plus_every_adapted_episode_times_e
     # validation: 16 x (7 budget points + 6 rates); evaluation: 110 x (seed + tuned protocol + references)
     cost = estimate.Cost(step_s=2.0, episode_s=0.5)
     assert estimate.run_seconds(config, cost) == pytest.approx(150 * 2.0 + (16 * 13 + 110 * 3) * 0.5)
-    assert estimate.run_seconds(config, cost, references=False) == pytest.approx(150 * 2.0 + (16 * 13 + 110 * 2) * 0.5)
+    assert estimate.run_seconds(config, cost, reference_episodes=0) == pytest.approx(150 * 2.0 + (16 * 13 + 110 * 2) * 0.5)
     learned = estimate.Cost(step_s=2.0, episode_s=0.5, selects_rate=False)  # no rate to select: one protocol
     assert estimate.run_seconds(config, learned) == pytest.approx(150 * 2.0 + (16 * 7 + 110 * 2) * 0.5)
-    assert estimate.adapted_episodes(resolve("default", adapt_rates=(), budget_every=0), references=False) == 40 + 7 * 4
+    assert estimate.adapted_episodes(resolve("default", adapt_rates=(), budget_every=0), reference_episodes=0) == 40 + 7 * 4
+
+
+def test_a_sweep_computes_each_batch_of_references_once():
+    """The references of a batch of episodes are cached: a seen line's batch is the same whichever line is held out
+    and whichever algorithm runs, so a sweep over 8 held-out lines at one k and seed adapts 8 x 40 + 8 x 4."""
+    configs = [resolve("default", algo=algo, holdout=line.name) for line in LINES for algo in ("reptile", "fomaml")]
+    batches = {batch for config in configs for batch in estimate.reference_batches(config)}
+    assert sum(batch[-1] for batch in batches) == 8 * 40 + 8 * 4
+    assert not set(estimate.reference_batches(configs[0])) & set(estimate.reference_batches(dataclasses.replace(configs[0], seed=1)))
+    assert set(estimate.reference_batches(configs[0])) == set(estimate.reference_batches(dataclasses.replace(configs[0], meta_steps=1000)))
     known = estimate.known_costs([(resolve("smoke", algo=name), 1.0, 1.0) for name in ("reptile", "meta-sgd")])
     assert [cost.selects_rate for cost in known.values()] == [True, False]  # meta-sgd learns its rates
 
@@ -286,11 +297,15 @@ def test_estimate_prefers_finished_runs_then_known_costs_then_calibrates(synthet
     assert told == ["maml"]  # one calibration per cost class
     assert table.seconds.iloc[0] == 20.0  # median of the finished runs' wall times; the failed one is ignored
     # smoke: 3 meta-steps; 2 validation episodes at 3 budget points and for 2 rates; 11 evaluation episodes under
-    # two protocols, and the references' once per held-out line, k and seed (here: reptile's, not maml's after it)
-    assert table.seconds.iloc[1] == pytest.approx(3 * 0.1 + (2 * (3 + 2) + 11 * 3) * 0.01)
-    assert 0 < table.seconds.iloc[2] < table.seconds.iloc[3] and math.isfinite(table.seconds.iloc[3])  # Huh7: its own references
+    # two protocols, and the references of batches no earlier run needed: after BV-2 held out, MCF7's 4 held-out
+    # episodes and BV-2's 1 as a seen line (and none for maml after reptile)
+    assert table.seconds.iloc[1] == pytest.approx(3 * 0.1 + (2 * (3 + 2) + 11 * 2 + 5) * 0.01)
+    assert 0 < table.seconds.iloc[2] < table.seconds.iloc[3] and math.isfinite(table.seconds.iloc[3])  # Huh7: new references
     monkeypatch.setattr(estimate, "calibrate", lambda config: estimate.Cost(1.0, 1.0))
     assert estimate.estimate_sweep([known, calibrated], store) == pytest.approx((3 + 10 + 11 * 3) + (3 + 10 + 11 * 2))  # one references
+    # held out Huh7 after MCF7: new references for Huh7's 4 held-out episodes and MCF7's 1, now a seen line
+    huh7 = smoke(synthetic_root, algo="maml", holdout="Huh7")
+    assert estimate.estimate_table([calibrated, huh7]).seconds.tolist() == pytest.approx([3 + 10 + 11 * 3, 3 + 10 + 11 * 2 + 5])
 
 
 def test_format_duration():

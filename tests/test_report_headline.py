@@ -146,7 +146,7 @@ def test_the_rank_finding_counts_the_cells_whose_order_changes():
     seed = cells({("reptile", "MCF7"): 0.7, ("finetune", "MCF7"): 0.6, ("reptile", "A172"): 0.7, ("finetune", "A172"): 0.6})
     tuned = cells({("reptile", "MCF7"): 0.7, ("finetune", "MCF7"): 0.8, ("reptile", "A172"): 0.7, ("finetune", "A172"): 0.65})
     said = headline.rank_finding(seed, tuned, "")
-    assert "changes on 1 of 2 held-out cells" in said and "the best algorithm changes on 1: MCF7, k = 3 (reptile → finetune)" in said
+    assert "changes on 1 of 2 held-out cells" in said and "the best algorithm changes on 1 of them (MCF7, k = 3: reptile → finetune)" in said
     assert "is the same on all 2" in headline.rank_finding(seed, seed, "")
     three = cells({("reptile", "MCF7"): 0.7, ("finetune", "MCF7"): 0.6, ("anil", "MCF7"): 0.5})
     swapped = cells({("reptile", "MCF7"): 0.7, ("finetune", "MCF7"): 0.5, ("anil", "MCF7"): 0.6})
@@ -193,8 +193,8 @@ def test_the_budget_finding_counts_the_orders_that_already_held():
             {"line": "A172", "k": 3, "seed": 0, "last": 100, "half": 50, "final": ["reptile", "maml"], "early": ["maml", "reptile"]}]
     said = headline.budget_finding(held, "")
     assert "already the final one on 1 of 2" in said
-    assert "the leader was already the final one on 1, not on A172, k = 3, seed 0 (maml at step 50, reptile at the end)" in said
+    assert "the leader was already the final one on 1 of 2 (not on A172, k = 3, seed 0: maml at step 50, reptile at the end)" in said
     third = {**held[0], "line": "BV-2", "final": ["reptile", "maml", "anil"], "early": ["reptile", "anil", "maml"]}
-    assert "already the final one on 1 of 2 (held-out line, k, seed) combinations; the leader was already the final one on 2 (" \
+    assert "already the final one on 1 of 2 (held-out line, k, seed) combinations; the leader was already the final one on 2 of 2 (" \
         in headline.budget_finding([held[0], third], "")
     assert headline.budget_finding([], "") is None

@@ -12,11 +12,10 @@ import pandas as pd
 import pytest
 from test_report import write_results
 
-from benchmark.observations import per_episode
+from benchmark.observations import per_episode, per_image
 from benchmark.report import build_report, plots
 from benchmark.report.records import completed_runs, load_evaluation_units
 from benchmark.stats import holm, mean_ci, verdict
-from benchmark.store import per_image
 from tasks.errors import DataError
 
 STEPS = 3
@@ -284,11 +283,15 @@ def test_the_real_table_from_evaluate_itself(tmp_path, synthetic_root, sample_ro
         assert (mine.images == 2).all()
 
 
-def test_an_evaluation_without_its_per_image_records_names_its_folder(tmp_path):
+def test_an_evaluation_from_before_per_image_records_is_read_from_its_crops(tmp_path):
     root = write_results(tmp_path, algos=("reptile",), holdouts=("MCF7",), ks=(1,), seeds=(0,), steps=STEPS, examples=False)
     add_references(root)
     folder = next(root.glob("runs/*"))
     _write_evaluation(folder, "livecell-sample")
+    runs = completed_runs(root)
+    current = load_evaluation_units(runs)
     (folder / "evaluations" / "livecell-sample" / "images.csv.gz").unlink()
-    with pytest.raises(DataError, match=r"livecell-sample: evaluation without images\.csv\.gz; run `python -m benchmark evaluate`"):
-        load_evaluation_units(completed_runs(root))
+    pd.testing.assert_frame_equal(load_evaluation_units(runs), current)
+    (folder / "evaluations" / "livecell-sample" / "observations.csv.gz").unlink()
+    with pytest.raises(DataError, match=r"livecell-sample: evaluation without images\.csv\.gz or observations\.csv\.gz; run `python"):
+        load_evaluation_units(runs)

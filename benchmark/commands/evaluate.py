@@ -158,9 +158,9 @@ def evaluate_run(
     from algorithms.state import move_state
     from benchmark.evaluation import TUNED_PROTOCOL, evaluate_protocols
     from benchmark.instances import INSTANCE_DEFAULTS
-    from benchmark.observations import HELD_OUT, SEEN, per_episode
+    from benchmark.observations import HELD_OUT, SEEN, per_episode, per_image
     from benchmark.runner import device_of
-    from benchmark.store import per_image, write_csv, write_json
+    from benchmark.store import write_csv, write_json
     from benchmark.trained import run_config, run_selection, run_weights
     from tasks.cache import atomic_write
     from tasks.catalogue import LINES, cell_line
@@ -241,9 +241,9 @@ def summary_lines(observations, splits: dict[str, str], data, holdout: str, algo
     """Per line and protocol: the algorithm's IoU before and after adaptation, with a 95% interval whose units are
     the query images (:func:`benchmark.stats.mean_ci`), and the same for each reference on the same episodes; AP
     (intervals over episodes) of the algorithm and of the classical references where whole images were scored."""
-    from benchmark.observations import HELD_OUT, SEEN
+    from benchmark.observations import HELD_OUT, SEEN, per_image
     from benchmark.stats import mean_ci
-    from benchmark.store import image_scores, per_image
+    from benchmark.store import image_scores
 
     def bounded(interval) -> list[float]:  # IoU and AP lie in [0, 1]; few images give wide t-intervals
         return [max(0.0, interval.low), min(1.0, interval.high)]

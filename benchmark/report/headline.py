@@ -118,9 +118,9 @@ def rank_finding(seed_cells: pd.DataFrame, tuned_cells: pd.DataFrame, to: str) -
     if not changed:
         said = f"is the same on all {len(compared)} held-out cells (line, k) with two or more algorithms"
     else:
-        leaders = [f"{line}, k = {k} ({seed[line, k][0]} → {tuned[line, k][0]})" for line, k in changed if seed[line, k][0] != tuned[line, k][0]]
+        leaders = [f"{line}, k = {k}: {seed[line, k][0]} → {tuned[line, k][0]}" for line, k in changed if seed[line, k][0] != tuned[line, k][0]]
         said = (f"changes on {len(changed)} of {len(compared)} held-out cells (line, k) with two or more algorithms; the best "
-                + (f"algorithm changes on {len(leaders)}: " + ", ".join(leaders) if leaders else "algorithm stays the same on all of them"))
+                + (f"algorithm changes on {len(leaders)} of them ({'; '.join(leaders)})" if leaders else "algorithm stays the same on all of them"))
     return (f"Seed protocol against tuned: the order of the algorithms by mean held-out IoU {said} "
             + _link(to, "leave_one_line_out.md", "leave_one_line_out_tuned.md") + ".")
 
@@ -198,9 +198,9 @@ def budget_finding(orders: list[dict], to: str) -> str | None:
     if not orders:
         return None
     held = sum(o["early"] == o["final"] for o in orders)
-    moved = [f"{o['line']}, k = {o['k']}, seed {o['seed']} ({o['early'][0]} at step {o['half']}, {o['final'][0]} at the end)"
+    moved = [f"{o['line']}, k = {o['k']}, seed {o['seed']}: {o['early'][0]} at step {o['half']}, {o['final'][0]} at the end"
              for o in orders if o["early"][0] != o["final"][0]]
-    leader = (f"; the leader was already the final one on {len(orders) - len(moved)}" + (", not on " + "; ".join(moved) if moved else ""))
+    leader = f"; the leader was already the final one on {len(orders) - len(moved)} of {len(orders)}" + (f" (not on {'; '.join(moved)})" if moved else "")
     return (f"At half the meta-training budget, the algorithms' order by validation IoU was already the final one on "
             f"{held} of {len(orders)} (held-out line, k, seed) combinations{leader} " + _link(to, "budget_curves.csv") + ".")
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from benchmark.config import POOLED
 from benchmark.numerics import NUMERICS_VERSION
-from benchmark.observations import collapsed
+from benchmark.observations import collapsed, per_image
 from tasks.catalogue import LINES
 from tasks.errors import DataError
 
@@ -188,10 +188,11 @@ def load_episodes(runs: pd.DataFrame, protocol: str = "seed") -> pd.DataFrame:
     return records
 
 
-def _read_records(path: Path, protocol: str, columns: tuple[str, ...]) -> pd.DataFrame | None:
-    """``columns`` of a record file's rows under ``protocol``, references as their own methods, validated; None
-    for a file written before protocols were recorded when another than the seed protocol is asked for."""
-    frame = pd.read_csv(path)
+def _read_records(path: Path, protocol: str, columns: tuple[str, ...], frame: pd.DataFrame | None = None) -> pd.DataFrame | None:
+    """``columns`` of a record file's rows under ``protocol`` (``frame``: its rows, read already or computed from
+    the file), references as their own methods, validated; None for a file written before protocols were recorded
+    when another than the seed protocol is asked for."""
+    frame = pd.read_csv(path) if frame is None else frame
     if "protocol" in frame.columns:
         frame = frame[frame["protocol"] == protocol]
     elif protocol != "seed":
@@ -268,15 +269,17 @@ def load_evaluation_units(runs: pd.DataFrame) -> pd.DataFrame:
     frames = []
     for run in runs.itertuples():
         for folder in sorted(path.parent for path in Path(run.folder, EVALUATIONS).glob("*/summary.json")):
-            images, episodes = folder / "images.csv.gz", folder / "episodes.csv.gz"
-            missing = [path.name for path in (images, episodes) if not path.is_file()]
-            if missing:
-                raise DataError(f"{folder}: evaluation without {' or '.join(missing)}; run `python -m benchmark evaluate` on it again")
+            (images, rows), episodes = _evaluation_images(folder), folder / "episodes.csv.gz"
+            if not episodes.is_file():
+                raise DataError(f"{folder}: evaluation without episodes.csv.gz; run `python -m benchmark evaluate` on it again")
             for protocol in PROTOCOLS:
-                frame = _read_records(images, protocol, EVALUATION_IMAGE_COLUMNS)
-                if frame is None or frame.empty:
+                frame = _read_records(images, protocol, EVALUATION_IMAGE_COLUMNS, rows)
+                counted = _read_records(episodes, protocol, EPISODE_COLUMNS[1:])
+                if frame is None or frame.empty or counted is None:
                     continue
-                counts = _read_records(episodes, protocol, EPISODE_COLUMNS[1:]).groupby("line")["episode"].nunique().rename("episodes")
+                if (frame["crops"] < 1).any():
+                    raise DataError(f"{folder}: crops must be positive counts")
+                counts = counted.groupby("line")["episode"].nunique().rename("episodes")
                 units = frame.assign(unit=IMAGE + " " + frame["image_id"].astype(str), weight=frame["crops"].astype(float))
                 frames.append(units.join(counts, on="line").assign(run_id=run.run_id, evaluated_on=folder.name, protocol=protocol))
     if not frames:
@@ -286,6 +289,18 @@ def load_evaluation_units(runs: pd.DataFrame) -> pd.DataFrame:
     units = _once(units, "evaluated_on", "protocol", "unit")
     units["final"] = _final(units, "evaluated_on", "protocol")
     return units[[*EVALUATION_UNIT_COLUMNS, "final"]]
+
+
+def _evaluation_images(folder: Path) -> tuple[Path, pd.DataFrame]:
+    """An evaluation's per-image records and the file they come from: its ``images.csv.gz``, or for one written
+    before ``evaluate`` kept them, the same rows computed from its per-crop ``observations.csv.gz``
+    (:func:`observations.per_image`)."""
+    images, crops = folder / "images.csv.gz", folder / "observations.csv.gz"
+    if images.is_file():
+        return images, pd.read_csv(images)
+    if crops.is_file():
+        return crops, per_image(pd.read_csv(crops))
+    raise DataError(f"{folder}: evaluation without images.csv.gz or observations.csv.gz; run `python -m benchmark evaluate` on it again")
 
 
 def _same_crops(units: pd.DataFrame) -> None:
