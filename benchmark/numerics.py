@@ -16,7 +16,7 @@ import hashlib
 from pathlib import Path
 
 NUMERICS_VERSION = 3
-FINGERPRINT = "990b12fbeb866250"
+FINGERPRINT = "7b27df9cde1aeb7e"
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = (
