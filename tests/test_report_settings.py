@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from test_report import write_results
-from test_report_references import add_references
+from test_report_references import _write_evaluation, add_references
 
 from benchmark.report import build_report
 from benchmark.stats import holm, mean_ci, verdict
@@ -42,11 +42,26 @@ def grid(root: Path, preset: str, meta_steps: int, **options) -> Path:
     return root
 
 
+def evaluate_all(root: Path, gain: dict[str, float] | None = None) -> None:
+    """`evaluate`'s records on a small real-like set for every run, an algorithm's own rows raised by ``gain``."""
+    for folder in sorted(root.glob("runs/*")):
+        _write_evaluation(folder, "livecell-sample")
+        algo = folder.name.split("-")[0]
+        for name in ("images.csv.gz", "episodes.csv.gz"):
+            path = folder / "evaluations" / "livecell-sample" / name
+            frame = pd.read_csv(path)
+            own = (frame["method"] == frame["algo"]) & (frame["step"] > 0)
+            frame.loc[own, "iou"] = np.clip(frame.loc[own, "iou"] + (gain or {}).get(algo, 0.0), 0, 1)
+            frame.to_csv(path, index=False)
+
+
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
     root = grid(tmp_path_factory.mktemp("results"), "default", 100)
     long = grid(root / "long", "long", 1000)
     boost(long, "finetune", 0.3)
+    evaluate_all(root)
+    evaluate_all(long, {"reptile": 0.1})
     out = root / "report"
     build_report(root, out)
     return root, long, out
@@ -65,7 +80,7 @@ def test_there_minus_here_is_paired_per_image_and_seed(compared):
     for protocol in ("seed", "tuned"):
         keys = ["algo", "seed", "image_id"]
         pairs = final_held_out(long, protocol).merge(final_held_out(root, protocol), on=keys, suffixes=("", "_here"))
-        mine = table[table.protocol == protocol].set_index("algo")
+        mine = table[(table.protocol == protocol) & (table.evaluated_on == "synthetic-v6")].set_index("algo")
         p = {}
         for algo, group in pairs.groupby("algo"):
             ci = mean_ci((group.iou - group.iou_here).to_numpy(), group.seed.to_numpy(), group.image_id.to_numpy(), group.crops.to_numpy())
@@ -77,8 +92,30 @@ def test_there_minus_here_is_paired_per_image_and_seed(compared):
         for algo in ALGOS:  # Holm across the held-out lines of each algorithm: one line here, so p itself
             assert mine.loc[algo, "p_holm"] == pytest.approx(holm(np.array([p[algo]]))[0], rel=1e-5)
             assert mine.loc[algo, "verdict"] == verdict(mine.loc[algo, "mean"], mine.loc[algo, "p_holm"])
-    assert table.set_index(["protocol", "algo"]).loc[("tuned", "finetune"), "verdict"] == "higher"
+    assert table.set_index(["evaluated_on", "protocol", "algo"]).loc[("synthetic-v6", "tuned", "finetune"), "verdict"] == "higher"
     assert set(table.best_reference) == {"otsu-texture (reference)"}  # MCF7's best in the fabricated references
+
+
+def test_evaluations_on_other_data_are_paired_the_same_way(compared):
+    root, long, out = compared
+    table = pd.read_csv(out / "tables" / "settings.csv")
+    assert set(table.evaluated_on) == {"synthetic-v6", "livecell-sample"}  # the runs' own data, and the evaluation's tag
+    elsewhere = table[table.evaluated_on == "livecell-sample"].set_index(["protocol", "algo"])
+    assert set(elsewhere.index.get_level_values("protocol")) == {"seed"} and set(elsewhere.seeds) == {2}
+
+    def final(folder: Path) -> pd.DataFrame:
+        frame = pd.concat([pd.read_csv(p) for p in sorted(folder.glob("runs/*/evaluations/livecell-sample/images.csv.gz"))])
+        frame = frame[(frame.method == frame.algo) & (frame.role == "held-out")]
+        return frame[frame.step == frame.step.max()]
+
+    pairs = final(long).merge(final(root), on=["algo", "seed", "image_id"], suffixes=("", "_here"))
+    for algo, group in pairs.groupby("algo"):
+        ci = mean_ci((group.iou - group.iou_here).to_numpy(), group.seed.to_numpy(), group.image_id.to_numpy(), group.crops.to_numpy())
+        row = elsewhere.loc[("seed", algo)]
+        assert (row["mean"], row["low"], row["high"]) == pytest.approx((ci.mean, ci.low, ci.high), abs=1e-6)
+    assert elsewhere.loc[("seed", "reptile"), "mean"] > 0.05 and elsewhere.loc[("seed", "maml"), "mean"] == pytest.approx(0, abs=1e-9)
+    findings = (out / "tables" / "findings.md").read_text()
+    assert "reptile on MCF7, k = 3 (on `livecell-sample`)" not in findings  # the finding speaks of the tuned protocol
 
 
 def test_the_orders_and_the_finding_say_whether_the_ranking_held(compared):

@@ -4,7 +4,8 @@ A results folder holds one setting (:func:`records.completed_runs` refuses a mix
 its own is another setting (``sweep --preset long --out results/long``). Its runs that share (algorithm, held-out
 line, k, seed) with the main folder's scored the same episodes, provided the settings that draw them are equal
 (:data:`SAME_EPISODES`; every pair's crop count is checked too): then each algorithm's held-out IoU there minus here
-is paired per test image and seed, and the two means and the algorithms' order come from those pairs alone.
+is paired per test image and seed, and the two means and the algorithms' order come from those pairs alone. Where both settings' runs were
+scored on other data alike (``evaluate``, e.g. real images; the same tag), those are paired the same way.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.report.records import (
-    PER_RUN, PROTOCOLS, completed_runs, is_results_folder, load_episodes, load_units, stale_runs,
+    PER_RUN, PROTOCOLS, completed_runs, is_results_folder, load_episodes, load_evaluation_units, load_units, stale_runs,
 )
-from benchmark.report.summaries import best_references, cell_summary, compare_pairs, is_reference, ordered
+from benchmark.report.summaries import CELL_KEYS, best_references, cell_summary, compare_pairs, is_reference, ordered
 from benchmark.report.tables import interval, markdown, p_value, reference_name
 from benchmark.stats import PRACTICAL_DIFFERENCE
 from tasks.errors import DataError
@@ -26,7 +27,7 @@ from tasks.errors import DataError
 GRID = ["algo", "holdout", "k", "seed"]
 SAME_EPISODES = ("data", "crop", "eval_queries", "eval_episodes")  # what draws the held-out episodes, beside the grid
 PAIR_KEYS = ["algo", "holdout", "k", "seed", "line", "unit"]
-COLUMNS = ["setting", "protocol", "holdout", "k", "algo", "here", "there", "best_reference", "reference_mean",
+COLUMNS = ["setting", "evaluated_on", "protocol", "holdout", "k", "algo", "here", "there", "best_reference", "reference_mean",
            "pairs", "seeds", "images", "mean", "low", "high", "p", "p_holm", "verdict"]
 HEADLINE_PROTOCOL = "tuned"
 
@@ -34,7 +35,8 @@ HEADLINE_PROTOCOL = "tuned"
 @dataclass(frozen=True)
 class Setting:
     """One other setting: its folder's name, what this folder's setting is called (its preset), what differs, the
-    paired table (or why there is none), and per (protocol, held-out line, k) the algorithms' order in both."""
+    paired table (or why there is none; ``evaluated_on``: the runs' own data, or another dataset's tag), and per
+    (protocol, held-out line, k) the algorithms' order in both on the runs' own data."""
 
     name: str
     label: str
@@ -70,21 +72,30 @@ def _weighted(frame: pd.DataFrame, column: str) -> float:
     return float((frame[column] * frame["weight"]).sum() / frame["weight"].sum())
 
 
-def _pairs(matched: pd.DataFrame, there_runs: pd.DataFrame, protocol: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """Final held-out units of both sides paired per (algorithm, held-out line, k, seed, test image), and this
-    side's held-out cells (the references among them); None where a side has no records of ``protocol``."""
-    here = load_units(matched, load_episodes(matched, protocol), protocol)
-    there = load_units(there_runs, load_episodes(there_runs, protocol), protocol)
-    if here.empty or there.empty:
-        return None
+def _paired_table(here: pd.DataFrame, there: pd.DataFrame, within: list[str], threshold: float) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """Held-out units of both sides (``within``: columns that part them further, e.g. dataset and protocol) paired
+    at their final step per (algorithm, held-out line, k, seed, test image): the paired table with both means and
+    this side's best reference beside, and the means; None where nothing pairs, or where a pair's crop counts
+    differ (the episodes are not the same)."""
     here = here[here["role"] == "held-out"]
     there = there[there["final"] & (there["role"] == "held-out") & ~is_reference(there["algo"])]
-    pairs = there[[*PAIR_KEYS, "iou", "weight"]].merge(here[here["final"]][[*PAIR_KEYS, "iou", "weight"]], on=PAIR_KEYS, suffixes=("", "_here"))
-    return pairs, cell_summary(here)
+    keys = [*within, *PAIR_KEYS]
+    pairs = there[[*keys, "iou", "weight"]].merge(here[here["final"]][[*keys, "iou", "weight"]], on=keys, suffixes=("", "_here"))
+    if pairs.empty or (pairs["weight"] != pairs["weight_here"]).any():
+        return None
+    pairs["diff"] = pairs["iou"] - pairs["iou_here"]
+    where = [*within, "algo", "k", "holdout"]
+    means = pairs.groupby(where).apply(lambda g: pd.Series({"here": _weighted(g, "iou_here"), "there": _weighted(g, "iou")}),
+                                       include_groups=False).reset_index()
+    cells = cell_summary(here, [*within, *CELL_KEYS])
+    table = (compare_pairs(pairs, where, [*within, "algo", "k"], threshold).merge(means, on=where)
+             .merge(best_references(cells, [*within, "k", "holdout"]), on=[*within, "k", "holdout"], how="left"))
+    return ordered(table.rename(columns={"reference": "best_reference"})), means
 
 
 def compare(runs: pd.DataFrame, other: pd.DataFrame, name: str, threshold: float = PRACTICAL_DIFFERENCE) -> Setting:
-    """``other``'s runs against ``runs``' of the same grid point, under each protocol both recorded."""
+    """``other``'s runs against ``runs``' of the same grid point, under each protocol both recorded, on the runs'
+    own data and on every other dataset both were evaluated on."""
     here_setting, there_setting = setting_of(runs), setting_of(other)
     changes = changes_between(here_setting, there_setting)
     label = str(here_setting.get("preset") or "here")
@@ -96,24 +107,24 @@ def compare(runs: pd.DataFrame, other: pd.DataFrame, name: str, threshold: float
         return _not_compared(name, label, changes, "no run shares an algorithm, held-out line, k and seed with this folder")
     tables, orders = [], []
     for protocol in PROTOCOLS:
-        found = _pairs(matched, there_runs, protocol)
-        if found is None or found[0].empty:
+        here = load_units(matched, load_episodes(matched, protocol), protocol)
+        there = load_units(there_runs, load_episodes(there_runs, protocol), protocol)
+        found = _paired_table(here, there, [], threshold) if len(here) and len(there) else None
+        if found is None:
+            if len(here) and len(there) and (there["role"] == "held-out").any():
+                return _not_compared(name, label, changes, "its episodes differ (no test image scored alike in both folders)")
             continue
-        pairs, cells = found
-        if (pairs["weight"] != pairs["weight_here"]).any():
-            return _not_compared(name, label, changes, "its episodes differ (a test image scored on other crops)")
-        pairs["diff"] = pairs["iou"] - pairs["iou_here"]
-        where = ["algo", "k", "holdout"]
-        means = pairs.groupby(where).apply(lambda g: pd.Series({"here": _weighted(g, "iou_here"), "there": _weighted(g, "iou")}),
-                                           include_groups=False).reset_index()
-        table = (compare_pairs(pairs, where, ["algo", "k"], threshold).merge(means, on=where)
-                 .merge(best_references(cells, ["k", "holdout"]), on=["k", "holdout"], how="left"))
-        tables.append(ordered(table.rename(columns={"reference": "best_reference"})).assign(setting=name, protocol=protocol))
+        table, means = found
+        tables.append(table.assign(setting=name, evaluated_on=str(here_setting["data"]), protocol=protocol))
         for (line, k), group in means.groupby(["holdout", "k"]):
             rank = lambda column: list(group.sort_values(column, ascending=False, kind="stable")["algo"])  # noqa: E731
             orders.append({"protocol": protocol, "holdout": line, "k": k, "here": rank("here"), "there": rank("there")})
     if not tables:
         return _not_compared(name, label, changes, "no test image scored in both folders")
+    here, there = load_evaluation_units(matched), load_evaluation_units(there_runs)
+    found = _paired_table(here, there, ["evaluated_on", "protocol"], threshold) if len(here) and len(there) else None
+    if found is not None:
+        tables.append(found[0].sort_values(["evaluated_on", "protocol"], kind="stable").assign(setting=name))
     return Setting(name, label, changes, pd.concat(tables, ignore_index=True)[COLUMNS], orders)
 
 
@@ -147,18 +158,20 @@ def markdown_of(setting: Setting, threshold: float) -> str:
     head = f"### `{setting.name}`\n\nIts settings against this folder's: {'; '.join(setting.changes) or 'none differ'}.\n"
     if setting.excluded:
         return head + f"\nNot compared: {setting.excluded}.\n"
-    header = ["protocol", "held-out line", "k", "algorithm", f"here ({setting.label})", f"there ({setting.name})",
+    header = ["data", "protocol", "held-out line", "k", "algorithm", f"here ({setting.label})", f"there ({setting.name})",
               "there minus here [95% CI]", "verdict", "Holm p", "seeds", "images", "best reference here"]
-    rows = [[r.protocol, r.holdout, str(r.k), r.algo, f"{r.here:.3f}", f"{r.there:.3f}", interval(r.mean, r.low, r.high, signed=True),
+    rows = [[r.evaluated_on, r.protocol, r.holdout, str(r.k), r.algo, f"{r.here:.3f}", f"{r.there:.3f}", interval(r.mean, r.low, r.high, signed=True),
              r.verdict, p_value(r.p_holm), str(r.seeds), str(r.images),
              f"{reference_name(r.best_reference)} {r.reference_mean:.3f}" if isinstance(r.best_reference, str) else "—"]
             for r in setting.table.itertuples()]
     orders = "".join(f"- {o['holdout']}, k = {o['k']}, {o['protocol']} protocol: {_order(setting, o)}\n" for o in setting.orders)
-    return (head + "\n" + markdown(header, rows, right_from=4) + "\nThe algorithms' order by mean held-out IoU on the "
-            f"paired images (references left out):\n\n{orders}\nVerdicts as elsewhere in this report: below {threshold:g} "
-            "IoU \"no difference\", else \"higher\" or \"lower\" when Holm p < 0.05 (across the held-out lines of each "
-            "algorithm, k and protocol), else \"unclear\". An order is of means: two algorithms whose differences here "
-            "and there are within their intervals may swap by chance.\n")
+    return (head + "\n" + markdown(header, rows, right_from=5) + "\n\"data\": the runs' own (their held-out line's test "
+            "episodes), or a dataset they were evaluated on alike in both settings (`evaluate`, its tag). The algorithms' "
+            f"order by mean held-out IoU on the paired images of the runs' own data (references left out):\n\n{orders}\n"
+            f"Verdicts as elsewhere in this report: below {threshold:g} IoU \"no difference\", else \"higher\" or \"lower\" "
+            "when Holm p < 0.05 (across the held-out lines of each algorithm, k, protocol and data), else \"unclear\". An "
+            "order is of means: two algorithms whose differences here and there are within their intervals may swap by "
+            "chance.\n")
 
 
 def report(settings: list[Setting], out: Path, tables: str, threshold: float = PRACTICAL_DIFFERENCE) -> tuple[str, list[Path]]:
@@ -193,7 +206,8 @@ def finding(settings: list[Setting], to: str) -> list[str]:
         mine = setting.table[setting.table["protocol"] == protocol]
         orders = "; ".join(f"{o['holdout']}, k = {o['k']}: {_order(setting, o)}" for o in setting.orders if o["protocol"] == protocol)
         differences = "; ".join(
-            f"{r.algo} on {r.holdout}, k = {r.k}: {r.here:.3f} → {r.there:.3f} ({interval(r.mean, r.low, r.high, signed=True)}, {r.verdict})"
+            f"{r.algo} on {r.holdout}, k = {r.k}{'' if r.evaluated_on == mine['evaluated_on'].iloc[0] else f' (on `{r.evaluated_on}`)'}: "
+            f"{r.here:.3f} → {r.there:.3f} ({interval(r.mean, r.low, r.high, signed=True)}, {r.verdict})"
             for r in mine.itertuples())
         said.append(
             f"Under `{setting.name}` ({'; '.join(setting.changes)}), on the runs it shares with the main grid (same algorithm, "
