@@ -32,6 +32,7 @@ from algorithms.state import move_state
 from benchmark.evaluation import evaluation_plan
 from benchmark.runner import build, device_of, meta_batch
 from benchmark.store import COMPLETED, Store
+from benchmark.validation import selects_rate
 
 PER_RUN = ("holdout", "seed", "preset")  # settings that do not change a run's cost
 
@@ -170,11 +171,6 @@ def estimate_sweep(configs: Iterable[RunConfig], store: Store | None) -> float:
 def known_costs(entries: Iterable[tuple[RunConfig, float, float]]) -> dict[str, Cost]:
     """``known`` for :func:`estimate_table` from (configuration, step seconds, episode seconds) triples."""
     return {cost_key(config): Cost(step_s, episode_s, selects_rate(build(config))) for config, step_s, episode_s in entries}
-
-
-def selects_rate(algo) -> bool:
-    """Whether a run of ``algo`` selects an adaptation rate on validation data (as ``validation.select_rate``)."""
-    return isinstance(algo.adaptation.rate, (int, float))
 
 
 def format_duration(seconds: float) -> str:

@@ -65,12 +65,17 @@ class RateSelection:
         }
 
 
+def selects_rate(algo: Algorithm) -> bool:
+    """Whether ``algo`` has one adaptation rate to select (one that learns its rates per parameter or step has not)."""
+    return isinstance(algo.adaptation.rate, (int, float))
+
+
 def select_rate(algo: Algorithm, state: MetaState, batch: TaskBatch, rates: tuple[float, ...]) -> RateSelection:
     """The candidate rate with the best validation IoU after the algorithm's n adaptation steps; ties go to the
     earlier candidate. An algorithm whose adaptation rate is not one number (learned per parameter or per step)
     keeps its own: the shared procedure is the same support data and the same number of steps."""
     started = time.perf_counter()
-    if not isinstance(algo.adaptation.rate, (int, float)):
+    if not selects_rate(algo):
         return RateSelection(None, {}, batch.tasks, 0.0)
     scores = {rate: adapted_iou(algo, state, batch, algo.adaptation.with_rate(rate))[1] for rate in rates}
     best = max(rates, key=lambda rate: (scores[rate], -rates.index(rate)))

@@ -272,9 +272,10 @@ def load_evaluation_units(runs: pd.DataFrame) -> pd.DataFrame:
             (images, rows), episodes = _evaluation_images(folder), folder / "episodes.csv.gz"
             if not episodes.is_file():
                 raise DataError(f"{folder}: evaluation without episodes.csv.gz; run `python -m benchmark evaluate` on it again")
+            episode_rows = pd.read_csv(episodes)
             for protocol in PROTOCOLS:
                 frame = _read_records(images, protocol, EVALUATION_IMAGE_COLUMNS, rows)
-                counted = _read_records(episodes, protocol, EPISODE_COLUMNS[1:])
+                counted = _read_records(episodes, protocol, EPISODE_COLUMNS[1:], episode_rows)
                 if frame is None or frame.empty or counted is None:
                     continue
                 if (frame["crops"] < 1).any():

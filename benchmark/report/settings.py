@@ -4,8 +4,9 @@ A results folder holds one setting (:func:`records.completed_runs` refuses a mix
 its own is another setting (``sweep --preset long --out results/long``). Its runs that share (algorithm, held-out
 line, k, seed) with the main folder's scored the same episodes, provided the settings that draw them are equal
 (:data:`SAME_EPISODES`; every pair's crop count is checked too): then each algorithm's held-out IoU there minus here
-is paired per test image and seed, and the two means and the algorithms' order come from those pairs alone. Where both settings' runs were
-scored on other data alike (``evaluate``, e.g. real images; the same tag), those are paired the same way.
+is paired per test image and seed, and the two means and the algorithms' order come from those pairs alone. Where
+both settings' runs were scored on other data alike (``evaluate``, e.g. real images; the same tag), those are paired
+the same way.
 """
 
 from __future__ import annotations
