@@ -18,7 +18,7 @@ from benchmark.errors import RunFailed, UserError
 
 __all__ = ["UserError", "build_parser", "main"]
 
-COMMANDS = ("data", "run", "sweep", "report", "bench", "evaluate", "predict")
+COMMANDS = ("data", "run", "sweep", "report", "bench", "evaluate", "predict", "compact")
 
 
 def build_parser() -> argparse.ArgumentParser:

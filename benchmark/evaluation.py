@@ -22,7 +22,9 @@ from algorithms.state import move_state
 from benchmark.config import RunConfig
 from benchmark.machine import processor
 from benchmark.numerics import current_fingerprint
-from benchmark.observations import HELD_OUT, SCRATCH, SEEN, foreground_fraction, record_rows, record_table
+from benchmark.observations import (
+    HELD_OUT, SCRATCH, SEED_PROTOCOL, SEEN, TUNED_PROTOCOL, foreground_fraction, record_rows, record_table,
+)
 from benchmark.references import CLASSICAL
 from benchmark.validation import RateSelection
 from tasks.batch import TaskBatch
@@ -30,7 +32,6 @@ from tasks.cache import atomic_write, cache_root
 from tasks.episodes import sample_episode, stack_episodes
 from tasks.livecell import LiveCell
 
-SEED_PROTOCOL, TUNED_PROTOCOL = "seed", "tuned"  # the algorithm's own adaptation; at the rate selected on validation
 EVAL_SPLIT = "test"
 EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes use their own stream, shared by all algorithms
 

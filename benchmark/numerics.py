@@ -16,7 +16,7 @@ import hashlib
 from pathlib import Path
 
 NUMERICS_VERSION = 3
-FINGERPRINT = "45e0f22cbd1a7091"
+FINGERPRINT = "32963cf538bef503"
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = (

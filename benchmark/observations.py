@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # the report reads these names without loading torch
     import torch
 
 HELD_OUT, SEEN = "held-out", "seen"
+SEED_PROTOCOL, TUNED_PROTOCOL = "seed", "tuned"  # the algorithm's own adaptation; at the rate selected on validation
 CLASSICAL_REFERENCES = ("all-foreground", "otsu", "otsu-texture")  # computed by benchmark.references
 SCRATCH = "scratch"  # the untrained initialisation, adapted like the algorithm
 REFERENCES = (*CLASSICAL_REFERENCES, SCRATCH)
@@ -28,6 +29,7 @@ RUN_COLUMNS = ("run_id", "algo", "holdout", "k", "seed")
 ROW_COLUMNS = ("method", "reference", "line", "role", "episode", "query", "image_id", "step", "iou", "predicted_foreground")
 PER_QUERY = ("query", "image_id")  # averaged away in the per-episode table
 VALUES = ("iou", "predicted_foreground")
+RECORD_FORMAT = "%.7g"  # compact records' values: float32 IoUs and their means, to float32's precision
 COLLAPSE_FOREGROUND = 0.95  # an episode whose queries are predicted this much cell, on average, has collapsed
 
 
@@ -77,12 +79,19 @@ def per_episode(observations: pd.DataFrame) -> pd.DataFrame:
 
 def per_image(observations: pd.DataFrame) -> pd.DataFrame:
     """IoU averaged over each query image's crops (``crops`` of them) per line x image x step: what the report's
-    statistics need, since test images, not episodes, are the independent units."""
-    values = {"iou": ("iou", "mean"), "crops": ("iou", "size")}
-    if "predicted_foreground" in observations:  # a value too, not a key
-        values["predicted_foreground"] = ("predicted_foreground", "mean")
-    keys = [c for c in observations.columns if c not in ("episode", "query", *values)]
-    return observations.groupby(keys, sort=False, as_index=False).agg(**values)
+    statistics need, since test images, not episodes, are the independent units. (The collapse detector's
+    foreground fraction is kept per episode, :func:`per_episode`.)"""
+    keys = [c for c in observations.columns if c not in ("episode", "query", *VALUES)]
+    return observations.groupby(keys, sort=False, as_index=False).agg(iou=("iou", "mean"), crops=("iou", "size"))
+
+
+def compact(records: pd.DataFrame) -> pd.DataFrame:
+    """A record table's committed form: the references' rows once, under the seed protocol. They do not depend
+    on the algorithm's rate, and the protocols' tables (``evaluation.evaluate_protocols``) repeat them under each;
+    a reader takes them for every protocol (``report.records``)."""
+    if "protocol" not in records.columns or "reference" not in records.columns:
+        return records
+    return records[~records["reference"] | (records["protocol"] == SEED_PROTOCOL)]
 
 
 def collapse(episodes: pd.DataFrame) -> dict:

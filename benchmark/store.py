@@ -7,7 +7,9 @@ Layout of ``<results>/runs/<run-id>/``:
 - ``episodes.csv.gz``    compact records, one row per line x episode x adaptation step (committed; report reads it)
 - ``images.csv.gz``      compact records per test image: one row per line x query image x adaptation step, its IoU
                          averaged over its crops, and their count (committed; the report's statistical unit)
-- ``observations.csv.gz`` one row per query image too (bulky; not committed)
+- ``observations.csv.gz`` one row per query crop (bulky; not committed)
+
+The compact records hold values to float32's precision and the references' rows once (:func:`write_records`).
 - ``manifests.json.gz``  the evaluation episodes (image ids and crop boxes) that reproduce every record
 - ``examples.npz``       images, truth and predictions of one held-out episode, for the report's example grid
 - ``checkpoint.pt``      the meta-state, saved periodically during meta-training (resume) and at the end
@@ -40,7 +42,7 @@ from algorithms import Algorithm, MetaState, load_checkpoint, save_checkpoint
 from benchmark.config import RunConfig
 from benchmark.machine import processor
 from benchmark.numerics import NUMERICS_VERSION
-from benchmark.observations import per_image
+from benchmark.observations import RECORD_FORMAT, compact, per_image
 from benchmark.stats import Interval, mean_ci
 from benchmark.runner import RunResult
 from tasks.cache import atomic_write, remove_temporaries
@@ -54,10 +56,39 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2, default=str) + "\n").encode()))
 
 
-def write_csv(path: Path, table: pd.DataFrame) -> None:
+def write_csv(path: Path, table: pd.DataFrame, float_format: str | None = None) -> None:
     """CSV, gzip-compressed (reproducibly: no timestamp in the header) when the name ends in .gz."""
     compression = {"method": "gzip", "mtime": 0} if path.suffix == ".gz" else None
-    atomic_write(path, lambda f: table.to_csv(f, index=False, compression=compression))
+    atomic_write(path, lambda f: table.to_csv(f, index=False, compression=compression, float_format=float_format))
+
+
+def write_records(path: Path, records: pd.DataFrame) -> None:
+    """A compact record table (``episodes.csv.gz``, ``images.csv.gz``), committed: references once
+    (:func:`observations.compact`), values to float32's precision."""
+    write_csv(path, compact(records), RECORD_FORMAT)
+
+
+RECORD_FILES = ("episodes.csv", "episodes.csv.gz", "images.csv", "images.csv.gz")
+
+
+def compact_records(results: Path) -> tuple[int, int, int]:
+    """Rewrite the compact records of ``results``' finished runs and evaluations as today's store writes them
+    (records from before repeat the references under each protocol, keep 17 digits and, per image, the
+    foreground fraction); the report reads either alike. Returns (files rewritten, bytes before, after)."""
+    count = before = after = 0
+    for summary in sorted(Path(results, "runs").glob("*/summary.json")) + sorted(Path(results, "runs").glob("*/evaluations/*/summary.json")):
+        if json.loads(summary.read_text()).get("status", COMPLETED) != COMPLETED:
+            continue
+        for path in (summary.parent / name for name in RECORD_FILES):
+            if not path.is_file():
+                continue
+            records = pd.read_csv(path)
+            if path.name.startswith("images"):
+                records = records.drop(columns="predicted_foreground", errors="ignore")
+            size = path.stat().st_size
+            write_records(path, records)
+            count, before, after = count + 1, before + size, after + path.stat().st_size
+    return count, before, after
 
 
 def is_current(summary: dict) -> bool:
@@ -180,8 +211,8 @@ class Store:
         folder = self.run_dir(config.run_id)
         self.checkpoint(config, result.algorithm, result.state, result.train_log)
         write_csv(folder / "observations.csv.gz", result.observations)
-        write_csv(folder / "episodes.csv.gz", result.episodes)
-        write_csv(folder / "images.csv.gz", per_image(result.observations))
+        write_records(folder / "episodes.csv.gz", result.episodes)
+        write_records(folder / "images.csv.gz", per_image(result.observations))
         atomic_write(folder / "manifests.json.gz", lambda f: f.write(gzip.compress(json.dumps(result.manifests).encode(), mtime=0)))
         atomic_write(folder / "examples.npz", lambda f: np.savez_compressed(f, **result.examples))
         remove_temporaries(folder)

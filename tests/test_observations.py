@@ -9,7 +9,8 @@ from rich.console import Console
 
 from benchmark.commands.run import collapse_warning, facts_table, summary_table
 from benchmark.observations import (
-    COLLAPSE_FOREGROUND, REFERENCES, collapse, collapsed, foreground_fraction, per_episode, record_rows, record_table,
+    COLLAPSE_FOREGROUND, REFERENCES, collapse, collapsed, compact, foreground_fraction, per_episode, per_image, record_rows,
+    record_table,
 )
 
 RUN = {"run_id": "r", "algo": "maml", "holdout": "MCF7", "k": 1, "seed": 0}
@@ -60,6 +61,24 @@ def test_per_episode_averages_both_values_over_queries():
     frame = record_table([record_rows("maml", "MCF7", "held-out", [0], [[1, 2]], 0, torch.tensor([[0.2, 0.6]]), foreground_fraction(logits))], RUN)
     episode = per_episode(frame)
     assert len(episode) == 1 and episode.iou[0] == pytest.approx(0.4) and episode.predicted_foreground[0] == 0.5
+
+
+def test_per_image_averages_iou_over_an_images_crops_and_counts_them():
+    scores, foreground = torch.tensor([[0.2, 0.6], [0.4, 0.3]]), torch.tensor([[0.5, 1.0], [0.0, 0.25]])
+    frame = record_table([record_rows("maml", "MCF7", "held-out", [0, 1], [[7, 8], [7, 7]], 0, scores, foreground)], RUN)
+    images = per_image(frame).set_index("image_id")
+    assert images.loc[7, "iou"] == pytest.approx(0.3) and list(images.crops) == [3, 1]
+    assert "predicted_foreground" not in images  # kept per episode, where the collapse detector reads it
+
+
+def test_compact_keeps_the_references_rows_once_under_the_seed_protocol():
+    scores = torch.tensor([[0.2, 0.6]])
+    blocks = [record_rows(name, "MCF7", "held-out", [0], [[1, 2]], 0, scores, scores) for name in ("maml", "otsu", "scratch")]
+    seed = record_table(blocks, RUN).assign(protocol="seed")
+    both = pd.concat([seed, seed.assign(protocol="tuned", iou=seed.iou.where(seed.reference, 0.9))], ignore_index=True)
+    kept = compact(both)
+    assert list(zip(kept.method, kept.protocol)) == [("maml", "seed")] * 2 + [("otsu", "seed")] * 2 + [("scratch", "seed")] * 2 + [("maml", "tuned")] * 2
+    assert compact(seed).equals(seed) and compact(seed.drop(columns="protocol")).equals(seed.drop(columns="protocol"))
 
 
 def _printed(*renderables) -> str:

@@ -4,6 +4,7 @@ and the table of evaluations on other data (``evaluate``) with the references be
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import matplotlib.colors
@@ -12,7 +13,8 @@ import pandas as pd
 import pytest
 from test_report import write_results
 
-from benchmark.observations import per_episode, per_image
+from benchmark.cli import main as cli_main
+from benchmark.observations import compact, per_episode, per_image
 from benchmark.report import build_report, plots
 from benchmark.report.records import completed_runs, load_evaluation_units
 from benchmark.stats import holm, mean_ci, verdict
@@ -33,9 +35,10 @@ def _reference_iou(name: str, line: str, seed: int, image: int, step: int) -> fl
 
 
 def add_references(root: Path, tuned_gain: float | None = None) -> Path:
-    """Give every fabricated run the references' per-image rows beside its own (``method`` column, as the store
-    writes), each on the same images and crops; ``tuned_gain`` adds tuned-protocol rows (the algorithm's shifted
-    by it, the references unchanged)."""
+    """Give every fabricated run the references' per-image rows beside its own (``method`` and ``reference``
+    columns, as the store writes), each on the same images and crops; ``tuned_gain`` adds tuned-protocol rows (the
+    algorithm's shifted by it, the references unchanged and, as the store wrote before its records were compact,
+    repeated)."""
     for folder in sorted(root.glob("runs/*")):
         for name in ("images.csv", "episodes.csv"):
             own = pd.read_csv(folder / name).assign(method=lambda f: f["algo"])
@@ -49,6 +52,7 @@ def add_references(root: Path, tuned_gain: float | None = None) -> Path:
                             for _, r in at.iterrows()]
                     rows.append(at.assign(method=name_, step=step, iou=np.clip(ious, 0, 1)))
             frame = pd.concat([own, *rows], ignore_index=True)
+            frame["reference"] = frame["method"] != frame["algo"]
             frame["protocol"] = "seed"
             if tuned_gain is not None:
                 tuned = frame.assign(protocol="tuned")
@@ -124,6 +128,62 @@ def test_the_best_reference_section_says_it_is_chosen_on_the_test_episodes(refer
     assert "chosen on the test episodes" in section and "a floor" in section and "tables/best_reference.md" in section
     md = (out / "tables" / "best_reference.md").read_text()
     assert "### Seed protocol" in md and "### Tuned protocol" in md and "| maml | 1 | MCF7 | otsu-texture |" in md
+
+
+def _copy_runs(root: Path, to: Path) -> Path:
+    shutil.copytree(root / "runs", to / "runs")
+    return to
+
+
+def test_references_recorded_once_stand_under_every_protocol(referenced, tmp_path):
+    """Today's records hold the references' rows once, under the seed protocol; the report takes them for the
+    tuned protocol too, so every table is that of records repeating them under each (as written before), bit for bit."""
+    root, out = referenced
+    once = _copy_runs(root, tmp_path)
+    for path in once.glob("runs/*/*.csv"):
+        frame = pd.read_csv(path)
+        kept = compact(frame)
+        assert set(kept[kept.reference].protocol) == {"seed"} and len(kept) < len(frame)
+        assert kept.equals(frame[~(frame.reference & (frame.protocol == "tuned"))])  # only the repeated rows go
+        kept.to_csv(path, index=False)
+    build_report(once, once / "report")
+    for table in sorted((out / "tables").glob("*")):
+        assert (once / "report" / "tables" / table.name).read_bytes() == table.read_bytes(), table.name
+
+
+def test_compact_rewrites_finished_records_in_todays_form_and_moves_no_number(referenced, tmp_path, capsys):
+    root, out = referenced
+    results = _copy_runs(root, tmp_path)
+    unfinished = results / "runs" / "maml-MCF7-k1-s0"
+    summary = json.loads((unfinished / "summary.json").read_text())
+    (unfinished / "summary.json").write_text(json.dumps(summary | {"status": "failed"}))
+    images = results / "runs" / "reptile-A172-k3-s1" / "images.csv"
+    pd.read_csv(images).assign(predicted_foreground=0.25).to_csv(images, index=False)  # as images were written before
+    before = {path: pd.read_csv(path) for path in results.glob("runs/*/*.csv")}
+    assert cli_main(["compact", str(results)]) == 0
+    assert "rewrote 46 record files" in capsys.readouterr().err  # 24 runs x 2 files, less the failed run's
+    for path, old in before.items():
+        new = pd.read_csv(path)
+        if path.parent == unfinished:
+            assert new.equals(old)
+            continue
+        assert "predicted_foreground" not in new and new.reference.sum() < old.reference.sum()
+        kept = compact(old).drop(columns="predicted_foreground", errors="ignore").reset_index(drop=True)
+        assert new.drop(columns="iou").equals(kept.drop(columns="iou"))
+        assert np.allclose(new.iou, kept.iou, rtol=1e-6, atol=0)
+        assert new.iou.map(lambda v: float(f"{v:.7g}")).eq(new.iou).all()  # 7 significant digits
+    again = {path: path.read_bytes() for path in results.glob("runs/*/*.csv")}
+    assert cli_main(["compact", str(results)]) == 0 and again == {path: path.read_bytes() for path in again}
+    (unfinished / "summary.json").write_text(json.dumps(summary))
+    build_report(results, results / "report")
+    for table in sorted((out / "tables").glob("*.csv")):
+        ours, theirs = pd.read_csv(results / "report" / "tables" / table.name), pd.read_csv(table)
+        numbers = theirs.select_dtypes("number").columns
+        assert ours.drop(columns=numbers).equals(theirs.drop(columns=numbers)), table.name
+        assert np.allclose(ours[numbers], theirs[numbers], rtol=0, atol=2e-6, equal_nan=True), table.name
+    capsys.readouterr()
+    assert cli_main(["compact", str(tmp_path / "nothing")]) == 2
+    assert "is not a results folder" in capsys.readouterr().err
 
 
 def test_no_references_say_so(tmp_path):

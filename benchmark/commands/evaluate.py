@@ -160,7 +160,7 @@ def evaluate_run(
     from benchmark.instances import INSTANCE_DEFAULTS
     from benchmark.observations import HELD_OUT, SEEN, per_episode, per_image
     from benchmark.runner import device_of
-    from benchmark.store import write_csv, write_json
+    from benchmark.store import write_csv, write_json, write_records
     from benchmark.trained import run_config, run_selection, run_weights
     from tasks.cache import atomic_write
     from tasks.catalogue import LINES, cell_line
@@ -220,8 +220,8 @@ def evaluate_run(
     observations = pd.concat(frames, ignore_index=True).assign(run_id=Path(folder).name)  # the run scored, not this setting's id
     out = Path(folder) / "evaluations" / tag
     write_csv(out / "observations.csv.gz", observations)
-    write_csv(out / "episodes.csv.gz", per_episode(observations))
-    write_csv(out / "images.csv.gz", per_image(observations))
+    write_records(out / "episodes.csv.gz", per_episode(observations))
+    write_records(out / "images.csv.gz", per_image(observations))
     atomic_write(out / "manifests.json.gz", lambda f: f.write(gzip.compress(json.dumps(manifests).encode(), mtime=0)))
     instances_frame = pd.DataFrame(instance_rows, columns=["protocol", "line", "split", "episode", "method", "ap50", "ap", "ap50_truth_mask", "ap_truth_mask"])
     if whole_images:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from benchmark.config import POOLED
 from benchmark.numerics import NUMERICS_VERSION
-from benchmark.observations import collapsed, per_image
+from benchmark.observations import SEED_PROTOCOL, TUNED_PROTOCOL, collapsed, compact, per_image
 from tasks.catalogue import LINES
 from tasks.errors import DataError
 
@@ -30,7 +30,7 @@ UNIT_COLUMNS = ("run_id", "algo", "holdout", "k", "seed", "line", "role", "unit"
 IMAGE, EPISODE = "image", "episode"  # statistical units: a test image, or (records without images.csv) an episode
 ROLES = ("held-out", "seen")
 BASELINE = "finetune"
-PROTOCOLS = ("seed", "tuned")  # the algorithm's own adaptation; at the rate selected on validation data
+PROTOCOLS = (SEED_PROTOCOL, TUNED_PROTOCOL)  # the algorithm's own adaptation; at the rate selected on validation data
 PER_RUN = POOLED  # what may differ between the runs of one report: the grid, an algorithm's own options, provenance
 
 
@@ -191,11 +191,15 @@ def load_episodes(runs: pd.DataFrame, protocol: str = "seed") -> pd.DataFrame:
 def _read_records(path: Path, protocol: str, columns: tuple[str, ...], frame: pd.DataFrame | None = None) -> pd.DataFrame | None:
     """``columns`` of a record file's rows under ``protocol`` (``frame``: its rows, read already or computed from
     the file), references as their own methods, validated; None for a file written before protocols were recorded
-    when another than the seed protocol is asked for."""
+    when another than the seed protocol is asked for. The references' rows, recorded once (under the seed
+    protocol, :func:`observations.compact`; files from before repeat them under each), stand under every protocol
+    the file records."""
     frame = pd.read_csv(path) if frame is None else frame
     if "protocol" in frame.columns:
-        frame = frame[frame["protocol"] == protocol]
-    elif protocol != "seed":
+        frame = compact(frame)
+        own = frame["protocol"] == protocol
+        frame = frame[own | frame.get("reference", False)] if own.any() else frame[own]
+    elif protocol != SEED_PROTOCOL:
         return None
     missing = [c for c in columns if c not in frame.columns]
     if missing:
