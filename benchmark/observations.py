@@ -29,7 +29,7 @@ RUN_COLUMNS = ("run_id", "algo", "holdout", "k", "seed")
 ROW_COLUMNS = ("method", "reference", "line", "role", "episode", "query", "image_id", "step", "iou", "predicted_foreground")
 PER_QUERY = ("query", "image_id")  # averaged away in the per-episode table
 VALUES = ("iou", "predicted_foreground")
-RECORD_FORMAT = "%.7g"  # compact records' values: float32 IoUs and their means, to float32's precision
+RECORD_FORMAT = "%.9g"  # compact records' values: float32 IoUs (9 digits hold one exactly) and their means
 COLLAPSE_FOREGROUND = 0.95  # an episode whose queries are predicted this much cell, on average, has collapsed
 
 

@@ -8,8 +8,6 @@ Layout of ``<results>/runs/<run-id>/``:
 - ``images.csv.gz``      compact records per test image: one row per line x query image x adaptation step, its IoU
                          averaged over its crops, and their count (committed; the report's statistical unit)
 - ``observations.csv.gz`` one row per query crop (bulky; not committed)
-
-The compact records hold values to float32's precision and the references' rows once (:func:`write_records`).
 - ``manifests.json.gz``  the evaluation episodes (image ids and crop boxes) that reproduce every record
 - ``examples.npz``       images, truth and predictions of one held-out episode, for the report's example grid
 - ``checkpoint.pt``      the meta-state, saved periodically during meta-training (resume) and at the end
@@ -17,6 +15,8 @@ The compact records hold values to float32's precision and the references' rows 
 - ``summary.json``       written last: its presence with status "completed" is what marks a run finished; also
                          the budget spent: ``passes``, ``wall_s``, ``train_flops`` and ``flops_per_step`` (the FLOPs
                          of each meta-step, as ``[first, end, FLOPs each]`` pieces)
+
+The compact records hold float32's digits and the references' rows once (:func:`write_records`).
 
 Every run id includes the numerics version (:mod:`benchmark.numerics`); a stored run whose configuration
 records another version was computed by other code and is stale (:func:`is_current`).
@@ -46,6 +46,7 @@ from benchmark.observations import RECORD_FORMAT, compact, per_image
 from benchmark.stats import Interval, mean_ci
 from benchmark.runner import RunResult
 from tasks.cache import atomic_write, remove_temporaries
+from tasks.errors import DataError
 
 COMPLETED, FAILED = "completed", "failed"
 TRAIN_LOG_COLUMNS = ["step", "loss", "passes", "wall_s", "val_iou_0", "val_iou_n"]  # the last two: budget points
@@ -74,21 +75,41 @@ RECORD_FILES = ("episodes.csv", "episodes.csv.gz", "images.csv", "images.csv.gz"
 def compact_records(results: Path) -> tuple[int, int, int]:
     """Rewrite the compact records of ``results``' finished runs and evaluations as today's store writes them
     (records from before repeat the references under each protocol, keep 17 digits and, per image, the
-    foreground fraction); the report reads either alike. Returns (files rewritten, bytes before, after)."""
-    count = before = after = 0
-    for summary in sorted(Path(results, "runs").glob("*/summary.json")) + sorted(Path(results, "runs").glob("*/evaluations/*/summary.json")):
-        if json.loads(summary.read_text()).get("status", COMPLETED) != COMPLETED:
+    foreground fraction); the report reads either alike. Returns (files changed, bytes before, bytes after)."""
+    changed = before = after = 0
+    runs = Path(results, "runs")
+    for summary_path in sorted(runs.glob("*/summary.json")) + sorted(runs.glob("*/evaluations/*/summary.json")):
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DataError(f"{summary_path}: not valid JSON ({err})") from None
+        if not isinstance(summary, dict):
+            raise DataError(f"{summary_path}: not a run summary (expected a JSON object)")
+        if summary.get("status", COMPLETED) != COMPLETED:  # an evaluation's summary has no status: written last
             continue
-        for path in (summary.parent / name for name in RECORD_FILES):
-            if not path.is_file():
-                continue
-            records = pd.read_csv(path)
-            if path.name.startswith("images"):
-                records = records.drop(columns="predicted_foreground", errors="ignore")
-            size = path.stat().st_size
-            write_records(path, records)
-            count, before, after = count + 1, before + size, after + path.stat().st_size
-    return count, before, after
+        for path in (summary_path.parent / name for name in RECORD_FILES):
+            if path.is_file():
+                old = path.read_bytes()
+                write_records(path, _records(path))
+                new = path.read_bytes()
+                changed, before, after = changed + (new != old), before + len(old), after + len(new)
+    return changed, before, after
+
+
+def _records(path: Path) -> pd.DataFrame:
+    """A stored record table, checked as far as compacting needs: what the report reads stays readable."""
+    try:
+        records = pd.read_csv(path)
+    except (ValueError, OSError, EOFError) as err:  # not CSV, not gzip, truncated, empty
+        raise DataError(f"{path}: not a readable record table ({err})") from None
+    missing = [column for column in ("line", "step", "iou") if column not in records.columns]
+    if missing:
+        raise DataError(f"{path}: not a record table (no {', '.join(missing)} column)")
+    if "reference" in records.columns and records["reference"].dtype != bool:
+        raise DataError(f"{path}: column 'reference' must be True or False on every row")
+    if path.name.startswith("images"):
+        records = records.drop(columns="predicted_foreground", errors="ignore")
+    return records
 
 
 def is_current(summary: dict) -> bool:

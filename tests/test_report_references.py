@@ -154,6 +154,7 @@ def test_references_recorded_once_stand_under_every_protocol(referenced, tmp_pat
 def test_compact_rewrites_finished_records_in_todays_form_and_moves_no_number(referenced, tmp_path, capsys):
     root, out = referenced
     results = _copy_runs(root, tmp_path)
+    inner = _copy_runs(root, results / "long")  # another setting's folder inside the results
     unfinished = results / "runs" / "maml-MCF7-k1-s0"
     summary = json.loads((unfinished / "summary.json").read_text())
     (unfinished / "summary.json").write_text(json.dumps(summary | {"status": "failed"}))
@@ -161,7 +162,9 @@ def test_compact_rewrites_finished_records_in_todays_form_and_moves_no_number(re
     pd.read_csv(images).assign(predicted_foreground=0.25).to_csv(images, index=False)  # as images were written before
     before = {path: pd.read_csv(path) for path in results.glob("runs/*/*.csv")}
     assert cli_main(["compact", str(results)]) == 0
-    assert "rewrote 46 record files" in capsys.readouterr().err  # 24 runs x 2 files, less the failed run's
+    printed = capsys.readouterr().err
+    assert f"{results}: 46 record files rewritten" in printed  # 24 runs x 2 files, less the failed run's
+    assert f"{inner}: 48 record files rewritten" in printed
     for path, old in before.items():
         new = pd.read_csv(path)
         if path.parent == unfinished:
@@ -170,20 +173,55 @@ def test_compact_rewrites_finished_records_in_todays_form_and_moves_no_number(re
         assert "predicted_foreground" not in new and new.reference.sum() < old.reference.sum()
         kept = compact(old).drop(columns="predicted_foreground", errors="ignore").reset_index(drop=True)
         assert new.drop(columns="iou").equals(kept.drop(columns="iou"))
-        assert np.allclose(new.iou, kept.iou, rtol=1e-6, atol=0)
-        assert new.iou.map(lambda v: float(f"{v:.7g}")).eq(new.iou).all()  # 7 significant digits
-    again = {path: path.read_bytes() for path in results.glob("runs/*/*.csv")}
+        assert np.allclose(new.iou, kept.iou, rtol=1e-8, atol=0)
+        assert new.iou.map(lambda v: float(f"{v:.9g}")).eq(new.iou).all()  # 9 significant digits
+    again = {path: path.read_bytes() for path in results.glob("**/runs/*/*.csv")}
     assert cli_main(["compact", str(results)]) == 0 and again == {path: path.read_bytes() for path in again}
+    assert "0 record files rewritten" in capsys.readouterr().err
+    original = (root / "runs" / "maml-MCF7-k1-s0" / "images.csv").read_bytes()
+    assert (unfinished / "images.csv").read_bytes() == original != (inner / "runs" / "maml-MCF7-k1-s0" / "images.csv").read_bytes()
+    shutil.rmtree(inner)  # the report would compare it as another setting
     (unfinished / "summary.json").write_text(json.dumps(summary))
     build_report(results, results / "report")
-    for table in sorted((out / "tables").glob("*.csv")):
-        ours, theirs = pd.read_csv(results / "report" / "tables" / table.name), pd.read_csv(table)
+    for table in sorted((out / "tables").glob("*")):
+        ours = results / "report" / "tables" / table.name
+        if table.suffix == ".md":
+            assert ours.read_text() == table.read_text(), table.name
+            continue
+        ours, theirs = pd.read_csv(ours), pd.read_csv(table)
         numbers = theirs.select_dtypes("number").columns
         assert ours.drop(columns=numbers).equals(theirs.drop(columns=numbers)), table.name
-        assert np.allclose(ours[numbers], theirs[numbers], rtol=0, atol=2e-6, equal_nan=True), table.name
-    capsys.readouterr()
-    assert cli_main(["compact", str(tmp_path / "nothing")]) == 2
-    assert "is not a results folder" in capsys.readouterr().err
+        assert np.allclose(ours[numbers], theirs[numbers], rtol=0, atol=1e-7, equal_nan=True), table.name
+
+
+@pytest.mark.parametrize(
+    "where, text, says",
+    [("summary.json", "{not json", "not valid JSON"), ("summary.json", "[1, 2]", "not a run summary"),
+     ("images.csv", "", "not a readable record table"), ("images.csv", "a,b\n1,2\n", "no line, step, iou column"),
+     ("images.csv", None, "column 'reference' must be True or False")],
+)
+def test_compact_refuses_broken_records_in_one_line_naming_the_file(referenced, tmp_path, capsys, where, text, says):
+    results = _copy_runs(referenced[0], tmp_path)
+    path = results / "runs" / "finetune-A172-k1-s0" / where
+    if text is None:  # one blank cell in the reference column
+        frame = pd.read_csv(path).astype({"reference": object})
+        frame.loc[3, "reference"] = None
+        frame.to_csv(path, index=False)
+    else:
+        path.write_text(text)
+    assert cli_main(["compact", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert says in err and str(path) in err.replace("\n", "") and "Traceback" not in err
+
+
+def test_the_report_refuses_a_reference_column_that_is_not_true_or_false(tmp_path):
+    root = add_references(write_results(tmp_path, algos=("maml",), holdouts=("MCF7",), ks=(1,), steps=STEPS, examples=False))
+    path = root / "runs" / "maml-MCF7-k1-s0" / "episodes.csv"
+    frame = pd.read_csv(path).astype({"reference": object})
+    frame.loc[0, "reference"] = "maybe"
+    frame.to_csv(path, index=False)
+    with pytest.raises(DataError, match="episodes.csv: column 'reference' must be True or False"):
+        build_report(root, root / "report")
 
 
 def test_no_references_say_so(tmp_path):

@@ -195,6 +195,8 @@ def _read_records(path: Path, protocol: str, columns: tuple[str, ...], frame: pd
     protocol, :func:`observations.compact`; files from before repeat them under each), stand under every protocol
     the file records."""
     frame = pd.read_csv(path) if frame is None else frame
+    if "reference" in frame.columns and frame["reference"].dtype != bool:
+        raise DataError(f"{path}: column 'reference' must be True or False on every row")
     if "protocol" in frame.columns:
         frame = compact(frame)
         own = frame["protocol"] == protocol
