@@ -43,6 +43,7 @@ from benchmark.config import RunConfig
 from benchmark.machine import processor
 from benchmark.numerics import NUMERICS_VERSION
 from benchmark.observations import RECORD_FORMAT, compact, per_image
+from benchmark.report.records import check_reference, read_summary
 from benchmark.stats import Interval, mean_ci
 from benchmark.runner import RunResult
 from tasks.cache import atomic_write, remove_temporaries
@@ -79,13 +80,7 @@ def compact_records(results: Path) -> tuple[int, int, int]:
     changed = before = after = 0
     runs = Path(results, "runs")
     for summary_path in sorted(runs.glob("*/summary.json")) + sorted(runs.glob("*/evaluations/*/summary.json")):
-        try:
-            summary = json.loads(summary_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise DataError(f"{summary_path}: not valid JSON ({err})") from None
-        if not isinstance(summary, dict):
-            raise DataError(f"{summary_path}: not a run summary (expected a JSON object)")
-        if summary.get("status", COMPLETED) != COMPLETED:  # an evaluation's summary has no status: written last
+        if read_summary(summary_path).get("status", COMPLETED) != COMPLETED:  # an evaluation's summary has no status: written last
             continue
         for path in (summary_path.parent / name for name in RECORD_FILES):
             if path.is_file():
@@ -105,8 +100,7 @@ def _records(path: Path) -> pd.DataFrame:
     missing = [column for column in ("line", "step", "iou") if column not in records.columns]
     if missing:
         raise DataError(f"{path}: not a record table (no {', '.join(missing)} column)")
-    if "reference" in records.columns and records["reference"].dtype != bool:
-        raise DataError(f"{path}: column 'reference' must be True or False on every row")
+    check_reference(records, path)
     if path.name.startswith("images"):
         records = records.drop(columns="predicted_foreground", errors="ignore")
     return records

@@ -38,15 +38,27 @@ def is_results_folder(path: Path) -> bool:
     return (Path(path) / "runs").is_dir()
 
 
+def read_summary(path: Path) -> dict:
+    """A run's or an evaluation's ``summary.json``, refused in one line naming it where it is not a JSON object."""
+    try:
+        summary = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(summary, dict):
+        raise DataError(f"{path}: not a run summary (expected a JSON object)")
+    return summary
+
+
+def check_reference(frame: pd.DataFrame, path: Path) -> None:
+    """Records mark the references' rows True in ``reference``: anything else there cannot be told apart."""
+    if "reference" in frame.columns and frame["reference"].dtype != bool:
+        raise DataError(f"{path}: column 'reference' must be True or False on every row")
+
+
 def _summaries(results: Path):
     """(path, summary) of every completed run in ``results``."""
     for summary_path in sorted(Path(results, "runs").glob("*/summary.json")):
-        try:
-            summary = json.loads(summary_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise DataError(f"{summary_path}: not valid JSON ({err})") from None
-        if not isinstance(summary, dict):
-            raise DataError(f"{summary_path}: not a run summary (expected a JSON object)")
+        summary = read_summary(summary_path)
         if summary.get("status") == "completed":
             yield summary_path, summary
 
@@ -195,8 +207,7 @@ def _read_records(path: Path, protocol: str, columns: tuple[str, ...], frame: pd
     protocol, :func:`observations.compact`; files from before repeat them under each), stand under every protocol
     the file records."""
     frame = pd.read_csv(path) if frame is None else frame
-    if "reference" in frame.columns and frame["reference"].dtype != bool:
-        raise DataError(f"{path}: column 'reference' must be True or False on every row")
+    check_reference(frame, path)
     if "protocol" in frame.columns:
         frame = compact(frame)
         own = frame["protocol"] == protocol
