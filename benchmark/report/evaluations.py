@@ -59,14 +59,19 @@ def evaluations_table(rows: pd.DataFrame) -> str:
               "IoU final [95% CI]", "AP@0.5 [95% CI]", "AP@[.5:.95] [95% CI]", "AP@0.5, true mask"]
     body = []
     for _, row in rows.iterrows():
-        crops = "whole images" if row["crop"] is None or pd.isna(row["crop"]) else f"{int(row['crop'])}-px crops"
+        whole = row["crop"] is None or pd.isna(row["crop"])
+        crops = "whole images" if whole else f"{int(row['crop'])}-px crops"
         reference = MISSING if row["ap50_truth_mask"] is None or pd.isna(row["ap50_truth_mask"]) else f"{row['ap50_truth_mask']:.3f}"
+        ap = [_cell(row, "ap50"), _cell(row, "ap"), reference] if whole else [NOT_SCORED] * 3  # instances need whole images
         body.append([
             row["algo"], row["holdout"], str(row["seed"]), f"{row['evaluated_on']} ({crops})", str(row["k"]), str(row["episodes"]),
             f"{row['line']} ({row['split']}, {row['images']})", row["role"], str(row["protocol"]), f"{row['iou_step0']:.3f}",
-            _cell(row, "iou"), _cell(row, "ap50"), _cell(row, "ap"), reference,
+            _cell(row, "iou"), *ap,
         ])
     return markdown(header, body, right_from=9)
+
+
+NOT_SCORED = "n/a"  # AP on crops: a crop cuts instances, so AP is scored on whole images only, not "not run yet"
 
 
 WHERE = ["evaluated_on", "holdout", "line", "k", "protocol"]  # a block of the headline table
@@ -162,7 +167,7 @@ def report(runs: pd.DataFrame, out: Path, tables: str, threshold: float = PRACTI
         f"Data: [Markdown]({tables}/evaluated_elsewhere.md), [CSV]({tables}/evaluated_elsewhere.csv).\n\n"
         "### Per run\n\n"
         "What `evaluate` summarised for each run: one row per run, dataset and line, its role as in the run. AP is "
-        "COCO's segmentation AP of the predicted instances (whole images only); \"true mask\" is the AP the same instance "
+        "COCO's segmentation AP of the predicted instances (whole images only: \"n/a\" on crops); \"true mask\" is the AP the same instance "
         "rule reaches from the annotated mask itself, the most a perfect binary mask would give. IoU intervals are "
         "`evaluate`'s, over the query images of one run (one seed), bounded to [0, 1]; AP intervals are over episodes, "
         f"which on a small dataset share their few images. [Markdown]({tables}/evaluations.md), "
