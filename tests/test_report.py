@@ -13,7 +13,7 @@ import pytest
 from benchmark.cli import main as cli_main
 from benchmark.numerics import NUMERICS_VERSION
 from benchmark.report import build_report
-from benchmark.report.records import completed_runs, load_episodes, load_units
+from benchmark.report.records import completed_runs, load_episodes, load_units, machine_counts
 from benchmark.report.summaries import cell_summary, paired_differences
 from benchmark.stats import holm, mean_ci, verdict
 from tasks.catalogue import LINES
@@ -450,6 +450,22 @@ def test_stale_runs_are_left_out_counted_and_never_mixed_in(tmp_path):
     index = (results / "report.md").read_text()
     assert f"1 stale run(s) left out: 1 of numerics version {NUMERICS_VERSION - 1}" in index
     assert summary["run_id"] not in set(completed_runs(results).run_id)
+
+
+def test_the_report_names_the_machines_that_computed_its_runs(tmp_path):
+    results = write_results(tmp_path / "results", algos=("maml", "finetune"), holdouts=("MCF7", "A172"), ks=(3,), examples=False)
+    machines = {"maml-MCF7-k3-s0": "AMD EPYC (AVX512 kernels), x86_64, 2 CPUs", "maml-A172-k3-s0": "x86_64, 2 CPUs",
+                "finetune-MCF7-k3-s0": "AMD EPYC (AVX512 kernels), x86_64, 2 CPUs"}  # finetune-A172: no config.json
+    for run_id, machine in machines.items():
+        (results / "runs" / run_id / "config.json").write_text(json.dumps({"run_id": run_id, "machine": machine}))
+    assert machine_counts(completed_runs(results)) == {"AMD EPYC (AVX512 kernels), x86_64, 2 CPUs": 2, "not recorded": 1,
+                                                       "x86_64, 2 CPUs": 1}
+    build_report(results, results)
+    assert ("2 on AMD EPYC (AVX512 kernels), x86_64, 2 CPUs; 1 recorded before runs named their machine; 1 on x86_64, "
+            "2 CPUs.") in (results / "report.md").read_text()
+    (results / "runs" / "maml-A172-k3-s0" / "config.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match="maml-A172-k3-s0/config.json: not a run configuration"):
+        build_report(results, results)
 
 
 def test_budget_curves_come_from_the_training_logs_and_say_whether_a_ranking_held_at_half(tmp_path):

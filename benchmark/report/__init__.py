@@ -14,7 +14,8 @@ import pandas as pd
 from benchmark.report import budget, evaluations, headline, plots, settings, tables
 from benchmark.report.headline import rank_changes
 from benchmark.report.records import (
-    BASELINE, IMAGE, REFERENCE_SUFFIX, collapse_counts, completed_runs, load_episodes, load_units, stale_runs, unit_kind,
+    BASELINE, IMAGE, REFERENCE_SUFFIX, collapse_counts, completed_runs, load_episodes, load_units, machine_counts, stale_runs,
+    unit_kind,
 )
 from benchmark.report.summaries import (
     LINE_ORDER, adaptation_curves, algo_order, cell_summary, held_out_against_best_reference, k_differences, ordered,
@@ -142,6 +143,15 @@ def _stale_note(stale: dict[str, int]) -> str:
             "rerun them with `python -m benchmark sweep`)")
 
 
+def _machines(counts: dict[str, int]) -> str:
+    """The report's line naming the machines that computed its runs (``config.json``, ``machine``)."""
+    said = "; ".join(f"{n} on {machine}" if machine != "not recorded" else
+                     f"{n} recorded before runs named their machine" for machine, n in counts.items())
+    return (f"Computed on (each run's `config.json`, `machine`: processor, torch's CPU kernels, cores): {said}. The "
+            "last bits of CPU kernels differ between machines, and a short meta-training can amplify them "
+            "(`docs/performance.md` in the repository).\n")
+
+
 def _headline_section(headline_md: str, findings_md: str) -> list[str]:
     return [
         "## Headline\n",
@@ -199,6 +209,7 @@ def _index(results, runs, records, units, threshold, lolo_md, published_md, exam
         "`docs/statistics.md` in the repository. "
         f"Held-out episodes per run: {tables.span(episodes)}; distinct test images per held-out cell: "
         f"{tables.span(held_images)}. \"{tables.MISSING}\" marks a combination not run yet.\n",
+        _machines(machine_counts(runs)),
         *unit_warning,
         *([f"Left out:{_stale_note(stale)}.\n"] if stale else []),
         "Rows marked \"(reference)\" score, on exactly the same support and query crops: `all-foreground` (every "

@@ -106,6 +106,22 @@ def completed_runs(results: Path) -> pd.DataFrame:
     return runs
 
 
+def machine_counts(runs: pd.DataFrame) -> dict[str, int]:
+    """How many of ``runs`` each machine computed, as its ``config.json`` names it (``provenance.machine``), most
+    first; runs whose config does not say are counted as "not recorded". Numbers name the machine they came from:
+    CPU kernels differ in their last bits, and a short MAML run can amplify that into another answer."""
+    counts: dict[str, int] = {}
+    for folder in runs["folder"]:
+        path = Path(folder, "config.json")
+        try:
+            machine = json.loads(path.read_text()).get("machine") if path.is_file() else None
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            raise DataError(f"{path}: not a run configuration (expected a JSON object)") from None
+        machine = str(machine) if machine else "not recorded"
+        counts[machine] = counts.get(machine, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
 COLLAPSE_COLUMNS = ["run_id", "algo", "holdout", "k", "seed", "before", "after", "episodes", "collapsed"]
 
 
