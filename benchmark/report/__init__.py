@@ -175,7 +175,8 @@ def _tuned_section(cells, tuned_cells, tuned_md) -> list[str]:
     return [
         "## Tuned protocol\n",
         "The same runs and episodes, each algorithm adapted at the rate it selected on validation episodes of its "
-        "meta-training lines (never the held-out line; `adapt_rates`), with the same number of steps; the table above "
+        "meta-training lines (never the held-out line; `adapt_rates`), with the same number of steps (one that "
+        "meta-learns its rates keeps them, so its rows equal the seed protocol's); the table above "
         "is the seed protocol (the published rate for everyone). " + said,
         tuned_md,
         f"Data: [CSV]({TABLES}/leave_one_line_out_tuned.csv).\n",

@@ -68,7 +68,7 @@ def headline(units: pd.DataFrame, cells: pd.DataFrame, runs: pd.DataFrame, thres
 def _rule(threshold: float) -> str:
     return (
         f"Held-out IoU at k = {K}, tuned protocol (each algorithm adapted at the rate it selected on validation episodes "
-        "of its meta-training lines): the mean over the seeds present, with a 95% interval whose units are the test "
+        "of its meta-training lines; one that meta-learns its rates keeps them): the mean over the seeds present, with a 95% interval whose units are the test "
         f"images and seeds; \"(n seeds)\" marks a cell with fewer than {SEEDS} seeds, \"{MISSING}\" a combination not "
         "run. References in italics, ranked with the algorithms. **Bold**: the best entry of a column, marked only "
         "where it beats the second-best on the same test images and seeds by more than the practical threshold: "
